@@ -198,7 +198,9 @@ class BaichuanAudioVocoderConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
-            raise ValueError("BaichuanAudioVocoderConfig: `upsample_rates` and `upsample_kernel_sizes` differ in length")
+            raise ValueError(
+                "BaichuanAudioVocoderConfig: `upsample_rates` and `upsample_kernel_sizes` differ in length"
+            )
         if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
             raise ValueError(
                 "BaichuanAudioVocoderConfig: `resblock_kernel_sizes` and `resblock_dilation_sizes` differ in length"
