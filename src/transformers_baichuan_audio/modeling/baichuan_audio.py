@@ -70,6 +70,23 @@ def _build_code2wav(config):
     return BaichuanAudioCode2Wav._from_config(config)
 
 
+def fill_audio_codes(audio_codes: torch.Tensor, encoded_codes: torch.Tensor) -> torch.Tensor:
+    """Merge given ``audio_codes`` (one row per ``<audio_pad>``, ``-1`` rows for frames of waveform blocks, as the
+    processor returns them) with the codes the audio tokenizer computed from ``input_features`` (pieces in order):
+    the ``-1`` rows are filled, in order, with the rows of ``encoded_codes``. Returns a new (n_pads, num_codebooks)
+    tensor."""
+    audio_codes = audio_codes.reshape(-1, audio_codes.shape[-1])
+    todo = audio_codes[:, 0] < 0
+    if int(todo.sum()) != encoded_codes.shape[0]:
+        raise ValueError(
+            f"audio_codes has {int(todo.sum())} frames to fill from input_features but the audio tokenizer gave "
+            f"{encoded_codes.shape[0]}"
+        )
+    out = audio_codes.clone()
+    out[todo] = encoded_codes.to(out.device, out.dtype)
+    return out
+
+
 @dataclass
 class BaichuanAudioOutputWithPast(ModelOutput):
     r"""Output of :class:`BaichuanAudioForConditionalGeneration`.
@@ -218,16 +235,19 @@ class BaichuanAudioModel(BaichuanAudioPreTrainedModel):
             cache: KV cache of the LLM (``DynamicCache``).
             inputs_embeds: (B, T, H) embeddings given directly (no audio substitution then).
             audio_codes: (N, num_codebooks) codes of the N frames, N = number of ``<audio_pad>`` in ``input_ids``.
-            input_features: (pieces, n_mels, frames) log-mel features, encoded to codes under no_grad (used only when
-                ``audio_codes`` is None); ``encoder_length`` / ``bridge_length``: (pieces,) lengths per piece.
+            input_features: (pieces, n_mels, frames) log-mel features, encoded to codes under no_grad; when
+                ``audio_codes`` is also given, its ``-1`` rows (frames of waveform blocks, as the processor returns
+                them) are filled with the encoded codes in order. ``encoder_length`` / ``bridge_length``: (pieces,)
+                lengths per piece.
         Returns:
             ``BaseModelOutputWithPast`` with the final RMSNorm-ed ``last_hidden_state`` (B, T, H).
         """
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-            if audio_codes is None and input_features is not None:
-                audio_codes = self.get_audio_codes(input_features, encoder_length, bridge_length)
+            if input_features is not None:
+                encoded = self.get_audio_codes(input_features, encoder_length, bridge_length)
+                audio_codes = encoded if audio_codes is None else fill_audio_codes(audio_codes, encoded)
             inputs_embeds = self.embed_inputs(input_ids, audio_codes)
         elif input_ids is not None:
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -255,6 +275,30 @@ class BaichuanAudioForConditionalGeneration(BaichuanAudioPreTrainedModel, Genera
         self.audio_head = BaichuanAudioHead(config.audio_head_config)
         self.code2wav = _build_code2wav(config.code2wav_config) if config.enable_audio_output else None
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *model_args, vocoder=None, **kwargs):
+        """``PreTrainedModel.from_pretrained``, plus on-the-fly conversion of ORIGINAL-layout checkpoints.
+
+        A local directory whose ``config.json`` has ``model_type: "omni"`` (the released Baichuan-Audio layout) is
+        converted in memory by :func:`transformers_baichuan_audio.conversion.convert.load_original_model`, with the
+        same key and shape checks as ``baichuan-audio convert``; ``vocoder`` is then the path of the HiFT weights
+        (``hift.pt``), without which audio output is disabled. Download hub repos of the original layout first
+        (``huggingface_hub.snapshot_download``), or convert them once with ``baichuan-audio convert``.
+        """
+        if pretrained_model_name_or_path is not None and not model_args:
+            from ..conversion.convert import is_original_checkpoint, load_original_model
+
+            if is_original_checkpoint(pretrained_model_name_or_path):
+                return load_original_model(pretrained_model_name_or_path, vocoder, **kwargs)
+        if vocoder is not None:
+            raise ValueError("`vocoder=` is only used when loading an original-layout (model_type 'omni') checkpoint")
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def _from_converted_state_dict(cls, config: BaichuanAudioConfig, state_dict: dict, **kwargs):
+        """Load an in-memory converted state dict through the regular loading path (dtype, device_map, ...)."""
+        return super().from_pretrained(None, config=config, state_dict=state_dict, **kwargs)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

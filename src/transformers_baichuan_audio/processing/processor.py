@@ -70,6 +70,8 @@ from transformers.utils.chat_template_utils import (
     mark_control_tokens,
 )
 
+from ..modeling.baichuan_audio import fill_audio_codes  # re-exported: merging codes with encoded features
+
 SYSTEM_TOKEN = "<B_SYS>"
 USER_TOKEN = "<C_Q>"
 ASSISTANT_TOKEN = "<C_A>"
@@ -665,21 +667,6 @@ class BaichuanAudioProcessor(ProcessorMixin):
         return self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
 
     save_wav = staticmethod(save_wav)
-
-
-def fill_audio_codes(audio_codes: torch.Tensor, encoded_codes: torch.Tensor) -> torch.Tensor:
-    """Merge the processor's ``audio_codes`` (one row per ``<audio_pad>``, ``-1`` rows for frames of waveform blocks)
-    with the codes the audio tokenizer computed from ``input_features`` (pieces in order): the ``-1`` rows are filled,
-    in order, with the rows of ``encoded_codes``. Returns a new (n_pads, num_codebooks) tensor."""
-    todo = audio_codes[:, 0] < 0
-    if int(todo.sum()) != encoded_codes.shape[0]:
-        raise ValueError(
-            f"audio_codes has {int(todo.sum())} frames to fill from input_features but the audio tokenizer gave "
-            f"{encoded_codes.shape[0]}"
-        )
-    out = audio_codes.clone()
-    out[todo] = encoded_codes.to(out.device, out.dtype)
-    return out
 
 
 def register_processor() -> None:
