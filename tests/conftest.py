@@ -12,6 +12,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from transformers_baichuan_audio.reference_fixtures import ReferenceFixture, default_fixture_dir  # noqa: E402
 
+# The fixtures were recorded with 1 intra-op thread; the tiny models' small convolutions also run much faster on one
+# OpenMP thread than on two on the shared 2-core machines.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def reference_fixture() -> ReferenceFixture:

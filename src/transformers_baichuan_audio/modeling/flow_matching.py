@@ -1,0 +1,372 @@
+"""Flow matching of code2wav: the causal prenet (prior ``mu``), the causal U-Net estimator and the Euler CFM sampler.
+
+Semantics follow the original ``FlowmatchingPrenet`` / ``ConditionalDecoder`` / ``ConditionalCFM`` (Baichuan-Omni
+remote code, itself CosyVoice/Matcha derived), re-written in plain torch:
+
+* prenet: nearest interpolation to the target length, ``in_mlp`` (Linear -> SiLU -> Linear), causal RMSNorm
+  Whisper layers, final RMSNorm, bias-free projection to the mel bins (zeros at padded frames);
+* estimator: a 1-D U-Net on ``[x | mu]`` (B, 2 * n_mels, T): a sinusoidal time embedding + MLP, causal resnet blocks
+  (causal k=3 conv, LayerNorm over channels, Mish), transformer blocks whose self-attention uses the static chunk
+  mask (full attention inside a chunk of ``static_chunk_size`` frames, every earlier chunk visible), causal convs in
+  place of the down/up samplers at the last level;
+* sampler: ``t`` on a cosine grid, Euler steps, classifier-free guidance ``v = (1 + r) v(x, mu) - r v(x, 0)``.
+
+Every convolution of the U-Net is causal and its attention is chunk-causal, so frames of chunk ``c`` depend only on
+inputs of chunks ``<= c`` (what the streaming decoder relies on).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .layers import BaichuanRMSNorm, BaichuanWhisperLayer, build_attention_mask, eager_attention_forward
+
+# ----------------------------------------------------------------------------------------------------------- prenet
+
+
+def whisper_layers(config, num, d_model, heads, ffn_dim, activation, norm_type, eps) -> nn.ModuleList:
+    """``num`` causal :class:`BaichuanWhisperLayer` (reconstruction decoder: LayerNorm; prenet: RMSNorm)."""
+    return nn.ModuleList(
+        [
+            BaichuanWhisperLayer(
+                config, d_model, heads, ffn_dim, activation=activation, is_causal=True, norm_type=norm_type, eps=eps
+            )
+            for _ in range(num)
+        ]
+    )
+
+
+class BaichuanAudioFlowPrenet(nn.Module):
+    """Causal prenet: reconstruction-decoder hidden states (B, T, d_model) -> prior ``mu`` (B, T', n_mels).
+
+    ``T' = int(T * prenet_target_mel_length_scale_ratio)`` (1.0 in the released model: the interpolation is the
+    identity). The original also registers a sinusoidal buffer that its forward never uses; it is not kept here.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        d = config.prenet_d_model
+        self.in_mlp = nn.Sequential(nn.Linear(config.prenet_in_dim, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
+        self.layers = whisper_layers(
+            config,
+            config.prenet_nlayers,
+            d,
+            config.prenet_attention_heads,
+            config.prenet_ffn_dim,
+            config.prenet_activation_function,
+            "rms",
+            1e-6,
+        )
+        self.final_norm = BaichuanRMSNorm(d, eps=1e-6)
+        self.out_proj = nn.Linear(d, config.prenet_out_dim, bias=False)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return (lengths.float() * self.config.prenet_target_mel_length_scale_ratio).to(torch.int64)
+
+    def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden_states (B, T, d_model) (padded rows ignored), lengths (B,) -> (mu (B, T', n_mels), lengths')."""
+        out_lengths = self.output_lengths(lengths)
+        hidden_states = hidden_states[:, : int(lengths.max())]
+        target = int(out_lengths.max())
+        if target != hidden_states.shape[1]:
+            hidden_states = F.interpolate(hidden_states.float().transpose(1, 2), size=target, mode="nearest")
+            hidden_states = hidden_states.transpose(1, 2).to(self.out_proj.weight.dtype)
+        hidden_states = self.in_mlp(hidden_states)
+        valid = torch.arange(target, device=hidden_states.device)[None, :] < out_lengths[:, None]
+        mask = build_attention_mask(valid, target, causal=True)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, mask)
+        hidden_states = torch.where(valid[..., None], hidden_states, 0.0)
+        return self.out_proj(self.final_norm(hidden_states)), out_lengths
+
+
+# --------------------------------------------------------------------------------------------------------- U-Net
+
+
+class CausalConv1d(nn.Conv1d):
+    """Conv1d (stride 1) left-padded with ``kernel_size - 1`` zeros: output ``t`` sees inputs ``<= t``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__(in_channels, out_channels, kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (self.kernel_size[0] - 1, 0)))
+
+
+class CausalBlock1D(nn.Module):
+    """``Mish(LayerNorm_channels(CausalConv(x * mask))) * mask``."""
+
+    def __init__(self, dim: int, dim_out: int):
+        super().__init__()
+        self.conv = CausalConv1d(dim, dim_out, 3)
+        self.norm = nn.LayerNorm(dim_out)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x * mask)
+        h = self.norm(h.transpose(1, 2)).transpose(1, 2)
+        return F.mish(h) * mask
+
+
+class CausalResnetBlock1D(nn.Module):
+    """Two causal blocks with the time embedding added in between, plus a 1x1 residual projection."""
+
+    def __init__(self, dim: int, dim_out: int, time_emb_dim: int):
+        super().__init__()
+        self.block1 = CausalBlock1D(dim, dim_out)
+        self.block2 = CausalBlock1D(dim_out, dim_out)
+        self.time_proj = nn.Linear(time_emb_dim, dim_out)
+        self.res_conv = nn.Conv1d(dim, dim_out, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        h = self.block1(x, mask)
+        h = h + self.time_proj(F.mish(time_emb)).unsqueeze(-1)
+        h = self.block2(h, mask)
+        return h + self.res_conv(x * mask)
+
+
+class BaichuanAudioUNetAttention(nn.Module):
+    """Multi-head self-attention of the U-Net transformer blocks (q/k/v without bias, output with bias), through the
+    attention interface. ``inner = heads * head_dim`` may differ from the block width."""
+
+    def __init__(self, config, dim: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scaling = head_dim**-0.5
+        self.is_causal = False
+        inner = num_heads * head_dim
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(dim, inner, bias=False)
+        self.to_v = nn.Linear(dim, inner, bias=False)
+        self.to_out = nn.Linear(inner, dim)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        bsz, seq_len, _ = hidden_states.shape
+        shape = (bsz, seq_len, self.num_heads, self.head_dim)
+        query, key, value = (
+            proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v)
+        )
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        out, _ = attention_interface(
+            self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, is_causal=False, **kwargs
+        )
+        return self.to_out(out.reshape(bsz, seq_len, self.num_heads * self.head_dim))
+
+
+class BaichuanAudioUNetFeedForward(nn.Module):
+    """Linear(dim, 4 dim) -> GELU -> Linear(4 dim, dim)."""
+
+    def __init__(self, dim: int, act_fn: str):
+        super().__init__()
+        if act_fn == "gelu":
+            self.act = nn.GELU()
+        elif act_fn == "gelu-approximate":
+            self.act = nn.GELU(approximate="tanh")
+        else:
+            raise ValueError(
+                f"U-Net feed-forward: unsupported act_fn {act_fn!r} (expected 'gelu' or 'gelu-approximate')"
+            )
+        self.proj_in = nn.Linear(dim, 4 * dim)
+        self.proj_out = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(self.act(self.proj_in(x)))
+
+
+class BaichuanAudioUNetTransformerBlock(GradientCheckpointingLayer):
+    """Pre-norm block: ``x + attn(LN(x))`` then ``x + ff(LN(x))`` on (B, T, C)."""
+
+    def __init__(self, config, dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = BaichuanAudioUNetAttention(config, dim, config.num_heads, config.attention_head_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = BaichuanAudioUNetFeedForward(dim, config.act_fn)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.norm1(hidden_states), attention_mask)
+        return hidden_states + self.ff(self.norm3(hidden_states))
+
+
+class BaichuanAudioUNetStage(nn.Module):
+    """One U-Net level: resnet block, transformer blocks, then an optional resampler (``sampler``)."""
+
+    def __init__(self, config, dim: int, dim_out: int, time_dim: int, sampler: nn.Module | None):
+        super().__init__()
+        self.resnet = CausalResnetBlock1D(dim, dim_out, time_dim)
+        self.transformer_blocks = nn.ModuleList(
+            [BaichuanAudioUNetTransformerBlock(config, dim_out) for _ in range(config.n_blocks)]
+        )
+        self.sampler = sampler
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        x = self.resnet(x, mask, time_emb)
+        attn_mask = build_attention_mask(mask[:, 0].bool(), x.shape[-1], chunk_size=chunk_size)
+        h = x.transpose(1, 2)
+        for block in self.transformer_blocks:
+            h = block(h, attn_mask)
+        return h.transpose(1, 2)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """Sinusoidal embedding of the flow time ``t`` (scalar or (B,)) -> (B, dim): ``[sin | cos]`` of ``scale * t``."""
+    if t.ndim < 1:
+        t = t.unsqueeze(0)
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=t.device).float() * -(math.log(10000) / (half - 1)))
+    emb = scale * t.unsqueeze(1) * freqs.unsqueeze(0)
+    return torch.cat((emb.sin(), emb.cos()), dim=-1)
+
+
+class BaichuanAudioTimestepMLP(nn.Module):
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class BaichuanAudioFlowEstimator(nn.Module):
+    """The causal conditional U-Net ``v(x, mu, t)``: (B, n_mels, T) x2 -> (B, n_mels, T).
+
+    Levels follow ``config.channels``; inner levels downsample with a stride-2 conv and upsample with a transposed
+    conv (as the original), the last level uses a causal k=3 conv instead. The attention chunk is
+    ``config.static_chunk_size`` frames at every level.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        n_mels = config.in_channels
+        in_ch = 2 * n_mels + config.spk_emb_dim
+        channels = list(config.channels)
+        self.time_in_dim = in_ch
+        time_dim = 4 * channels[0]
+        self.time_mlp = BaichuanAudioTimestepMLP(in_ch, time_dim)
+
+        self.down_blocks = nn.ModuleList()
+        out_ch = in_ch
+        for i, ch in enumerate(channels):
+            prev, out_ch = out_ch, ch
+            last = i == len(channels) - 1
+            sampler = CausalConv1d(out_ch, out_ch, 3) if last else nn.Conv1d(out_ch, out_ch, 3, 2, 1)
+            self.down_blocks.append(BaichuanAudioUNetStage(config, prev, out_ch, time_dim, sampler))
+        self.mid_blocks = nn.ModuleList(
+            [BaichuanAudioUNetStage(config, channels[-1], out_ch, time_dim, None) for _ in range(config.num_mid_blocks)]
+        )
+        self.up_blocks = nn.ModuleList()
+        rev = channels[::-1] + [channels[0]]
+        for i in range(len(rev) - 1):
+            last = i == len(rev) - 2
+            ch = rev[i + 1]
+            sampler = CausalConv1d(ch, ch, 3) if last else nn.ConvTranspose1d(ch, ch, 4, 2, 1)
+            self.up_blocks.append(BaichuanAudioUNetStage(config, 2 * rev[i], ch, time_dim, sampler))
+        self.final_block = CausalBlock1D(rev[-1], rev[-1])
+        self.final_proj = nn.Conv1d(rev[-1], n_mels, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x, mu: (B, n_mels, T); mask: (B, 1, T) float (1 = valid); t: scalar flow time. Returns (B, n_mels, T)."""
+        chunk = self.config.static_chunk_size
+        time_emb = self.time_mlp(timestep_embedding(t, self.time_in_dim).to(x.dtype))
+        x = torch.cat([x, mu], dim=1)
+        mask = mask.to(x.dtype)
+        hiddens, masks = [], [mask]
+        for stage in self.down_blocks:
+            mask_down = masks[-1]
+            x = stage(x, mask_down, time_emb, chunk)
+            hiddens.append(x)
+            x = stage.sampler(x * mask_down)
+            masks.append(mask_down[:, :, ::2])
+        masks = masks[:-1]
+        mask_mid = masks[-1]
+        for stage in self.mid_blocks:
+            x = stage(x, mask_mid, time_emb, chunk)
+        mask_up = mask
+        for stage in self.up_blocks:
+            mask_up = masks.pop()
+            skip = hiddens.pop()
+            x = torch.cat([x[:, :, : skip.shape[-1]], skip], dim=1)
+            x = stage(x, mask_up, time_emb, chunk)
+            x = stage.sampler(x * mask_up)
+        x = self.final_block(x, mask_up)
+        return self.final_proj(x * mask_up) * mask
+
+
+# ------------------------------------------------------------------------------------------------------- sampler
+
+
+def flow_time_grid(num_steps: int, scheduler: str, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``num_steps + 1`` flow times in [0, 1]: linear, or cosine ``1 - cos(pi/2 * s)``."""
+    t_span = torch.linspace(0, 1, num_steps + 1, device=device)
+    if scheduler == "cosine":
+        t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
+    return t_span.to(dtype)
+
+
+def euler_cfm_sample(
+    estimator: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    noise: torch.Tensor,
+    mu: torch.Tensor,
+    mask: torch.Tensor,
+    num_steps: int,
+    cfg_rate: float,
+    scheduler: str = "cosine",
+    batch_cfg: bool = True,
+    callback: Callable[..., None] | None = None,
+) -> torch.Tensor:
+    """Euler integration of the conditional flow from ``noise`` (t=0) to the mel (t=1).
+
+    Args:
+        estimator: ``v(x, mask, mu, t)``.
+        noise / mu: (B, n_mels, T); mask: (B, 1, T).
+        cfg_rate: classifier-free guidance ``r``: ``v = (1 + r) v(x, mu) - r v(x, 0)`` (0 disables it).
+        batch_cfg: run the conditional and unconditional passes as one batch of 2B (same numbers up to roundoff).
+        callback: called as ``callback(step, t, x, v_cond, v_uncond)`` before each update (for inspection).
+    Returns: (B, n_mels, T).
+    """
+    t_span = flow_time_grid(num_steps, scheduler, device=mu.device, dtype=mu.dtype)
+    x = noise
+    t, dt = t_span[0], t_span[1] - t_span[0]
+    zeros = torch.zeros_like(mu)
+    for step in range(1, len(t_span)):
+        v_uncond = None
+        if cfg_rate > 0 and batch_cfg:
+            both = estimator(torch.cat([x, x]), torch.cat([mask, mask]), torch.cat([mu, zeros]), t)
+            v_cond, v_uncond = both.chunk(2)
+        else:
+            v_cond = estimator(x, mask, mu, t)
+            if cfg_rate > 0:
+                v_uncond = estimator(x, mask, zeros, t)
+        if callback is not None:
+            callback(step - 1, t, x, v_cond, v_uncond)
+        v = v_cond if v_uncond is None else (1.0 + cfg_rate) * v_cond - cfg_rate * v_uncond
+        x = x + dt * v
+        t = t + dt
+        if step < len(t_span) - 1:
+            dt = t_span[step + 1] - t
+    return x
+
+
+__all__ = [
+    "BaichuanAudioFlowPrenet",
+    "BaichuanAudioFlowEstimator",
+    "BaichuanAudioUNetAttention",
+    "CausalConv1d",
+    "euler_cfm_sample",
+    "flow_time_grid",
+    "whisper_layers",
+    "timestep_embedding",
+]
