@@ -20,13 +20,13 @@ from transformers import AutoProcessor, AutoTokenizer
 from transformers_baichuan_audio.configuration import register_configs
 from transformers_baichuan_audio.processing.feature_extraction import BaichuanAudioFeatureExtractor, num_audio_frames
 from transformers_baichuan_audio.processing.processor import (
-    SPECIAL_TOKENS,
     BaichuanAudioProcessor,
     fill_audio_codes,
     register_processor,
     save_wav,
     voice_prompt,
 )
+from transformers_baichuan_audio.tiny_random import tiny_tokenizer
 
 VOICE_SYSTEM = "请用【邻家女声】这个声音回答问题。"
 PLACEHOLDER = "<audio_pad_baichuan>"
@@ -43,20 +43,6 @@ def expected_frames(num_samples: int, sampling_rate: int) -> int:
         if piece >= 400:
             total += ((min(3000, piece // 160 + 1) - 1) // 2 + 1) // 4
     return total
-
-
-def tiny_tokenizer():
-    """In-memory byte-level tokenizer (one token per byte, no merges) + <|endoftext|> + the Baichuan tokens."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tk.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", *SPECIAL_TOKENS.values(), "<B_USYS>", "<inner_think>"]
-    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
 @pytest.fixture(scope="module")

@@ -136,6 +136,7 @@ class ShardWriter:
         self.out_dir = out_dir
         self.max_shard_bytes = max_shard_bytes
         self.buffer: dict[str, torch.Tensor] = {}
+        self._pointers: set[int] = set()
         self.buffer_bytes = 0
         self.files: list[tuple[str, list[str]]] = []
         self.total_bytes = 0
@@ -144,7 +145,11 @@ class ShardWriter:
         nbytes = tensor.numel() * tensor.element_size()
         if self.buffer and self.buffer_bytes + nbytes > self.max_shard_bytes:
             self.flush()
-        self.buffer[key] = tensor.contiguous()
+        tensor = tensor.contiguous()
+        if tensor.data_ptr() in self._pointers:  # e.g. the RVQ tables read by two components: store two copies
+            tensor = tensor.clone()
+        self._pointers.add(tensor.data_ptr())
+        self.buffer[key] = tensor
         self.buffer_bytes += nbytes
         self.total_bytes += nbytes
 
@@ -155,6 +160,7 @@ class ShardWriter:
         save_file(self.buffer, str(self.out_dir / name), metadata={"format": "pt"})
         self.files.append((name, list(self.buffer)))
         self.buffer = {}
+        self._pointers = set()
         self.buffer_bytes = 0
         gc.collect()
 

@@ -223,14 +223,23 @@ def convert_checkpoint(
     config.save_pretrained(dst)
     _generation_config(config).save_pretrained(dst)
     if save_processor and ckpt.tokenizer_dir() is not None:
-        from ..processing.processor import BaichuanAudioProcessor
-
-        BaichuanAudioProcessor.from_original(ckpt.tokenizer_dir(), config).save_pretrained(dst)
+        processor_for_original(ckpt.tokenizer_dir(), config).save_pretrained(dst)
     if push_to_hub:
         from huggingface_hub import upload_folder
 
         upload_folder(repo_id=push_to_hub, folder_path=str(dst))
     return dst
+
+
+def processor_for_original(tokenizer_dir: str | Path, config: BaichuanAudioConfig):
+    """The processor of an original checkpoint: its tokenizer files + a feature extractor from the audio config."""
+    from transformers import AutoTokenizer
+
+    from ..processing.feature_extraction import BaichuanAudioFeatureExtractor
+    from ..processing.processor import BaichuanAudioProcessor
+
+    feature_extractor = BaichuanAudioFeatureExtractor.from_tokenizer_config(config.audio_tokenizer_config)
+    return BaichuanAudioProcessor(feature_extractor, AutoTokenizer.from_pretrained(str(tokenizer_dir)))
 
 
 def is_original_checkpoint(path: str | Path) -> bool:
@@ -250,5 +259,6 @@ __all__ = [
     "component_converters",
     "config_for_checkpoint",
     "is_original_checkpoint",
+    "processor_for_original",
     "ConversionError",
 ]

@@ -1,0 +1,608 @@
+"""The streaming voice-chat app (Gradio) and the turn logic shared with the command line.
+
+:class:`SpeechChat` is the model-facing part, with no Gradio in it: :meth:`SpeechChat.stream_turn` runs one chat turn
+in a background thread and yields :class:`TurnEvent` items (text deltas, 24 kHz audio chunks, the final assistant
+message); :meth:`SpeechChat.answer` is the same turn without streaming. :func:`make_demo` wraps it in a
+``gr.Blocks`` app (speech chat, ASR and TTS tabs) and builds nothing at import; :func:`launch` serves it on
+127.0.0.1 (never a public share link).
+
+Audio streaming. Speech is decoded phrase by phrase with the code2wav streaming decoder (a chunk per 25 code
+frames) as the codes are generated; phrases are joined with the same 240-sample cross-fade block as
+``model.decode_audio_segments``. The decoder's random draws come from a generator seeded per turn (``seed``), so
+the streamed chunks concatenate to exactly :meth:`SpeechChat.decode_answer` of the final codes. Gradio gets 16-bit
+WAV bytes per chunk (float chunks would be rescaled by each chunk's own peak).
+
+History. Each session's conversation lives in a ``gr.State`` as processor messages; the assistant's speech is kept
+as its generated CODES (``processor.to_assistant_message``), never as waveforms, and fed back without re-encoding.
+"""
+
+import io
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .modeling.streaming import BaichuanAudioStreamer
+from .processing.processor import DEFAULT_VOICE, OUTPUT_SAMPLING_RATE
+
+#: Voice names for the system prompt ``请用【...】这个声音回答问题。``: the released demo's default; the selector also
+#: accepts any other name typed in.
+VOICES = [DEFAULT_VOICE]
+CROSSFADE = 240  # samples at 24 kHz, as the original demo's wave_concat
+
+
+class AudioInputError(ValueError):
+    """Rejected user audio; the message is shown to the user as is."""
+
+
+@dataclass
+class InputLimits:
+    """Limits on user audio. ``max_seconds``/``max_megabytes``: upper bounds; ``min_seconds``: shortest clip;
+    ``silence_peak``: a clip whose peak amplitude is below this (full scale 1.0) counts as silence;
+    ``max_text_chars``: longest typed message / TTS text."""
+
+    max_seconds: float = 60.0
+    max_megabytes: float = 20.0
+    min_seconds: float = 0.2
+    silence_peak: float = 1e-3
+    max_text_chars: int = 2000
+
+
+def check_text(text: str | None, limits: InputLimits) -> str:
+    """The stripped text, or :class:`AudioInputError` when it is longer than ``limits.max_text_chars``."""
+    text = (text or "").strip()
+    if len(text) > limits.max_text_chars:
+        raise AudioInputError(f"The text has {len(text)} characters; the limit is {limits.max_text_chars}.")
+    return text
+
+
+def load_user_audio(value, limits: InputLimits | None = None) -> tuple[np.ndarray, int]:
+    """``(mono float32 waveform, sampling_rate)`` of a Gradio audio value (a file path or ``(sr, int16 array)``).
+
+    Raises :class:`AudioInputError` with a user-facing message for files that are too big or not audio, clips that
+    are too long, too short or silent.
+    """
+    limits = limits or InputLimits()
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if not os.path.isfile(path):
+            raise AudioInputError("The audio file could not be found; please upload it again.")
+        megabytes = os.path.getsize(path) / 1e6
+        if megabytes > limits.max_megabytes:
+            raise AudioInputError(f"The file is {megabytes:.1f} MB; the limit is {limits.max_megabytes:g} MB.")
+        import soundfile as sf
+
+        try:
+            info = sf.info(path)
+            if info.frames / info.samplerate > limits.max_seconds:
+                raise AudioInputError(
+                    f"The recording is {info.frames / info.samplerate:.0f} s long; the limit is {limits.max_seconds:g} s."
+                )
+            data, rate = sf.read(path, dtype="float32", always_2d=True)
+        except AudioInputError:
+            raise
+        except Exception as err:  # soundfile raises several types for unreadable files
+            raise AudioInputError("This file is not an audio file that can be read (try WAV, FLAC or OGG).") from err
+    elif isinstance(value, tuple) and len(value) == 2:
+        rate, data = int(value[0]), np.asarray(value[1])
+        if np.issubdtype(data.dtype, np.integer):
+            data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
+        data = data.astype(np.float32).reshape(data.shape[0], -1)
+    else:
+        raise AudioInputError("Please record or upload some audio first.")
+    wave = data.mean(axis=1) if data.ndim == 2 else data
+    seconds = wave.shape[0] / max(rate, 1)
+    if seconds > limits.max_seconds:
+        raise AudioInputError(f"The recording is {seconds:.0f} s long; the limit is {limits.max_seconds:g} s.")
+    if seconds < limits.min_seconds:
+        raise AudioInputError(f"The recording is too short ({seconds:.2f} s); please say something longer.")
+    if not np.isfinite(wave).all() or float(np.abs(wave).max()) < limits.silence_peak:
+        raise AudioInputError("The recording is silent; please check the microphone and try again.")
+    return np.ascontiguousarray(wave, dtype=np.float32), int(rate)
+
+
+def to_pcm16(waveform) -> np.ndarray:
+    """Float waveform in [-1, 1] -> int16 samples (clipped; a fixed scale, no per-chunk normalisation)."""
+    if isinstance(waveform, torch.Tensor):
+        waveform = waveform.detach().float().cpu().numpy()
+    wave = np.clip(np.asarray(waveform, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    return np.round(wave * 32767.0).astype(np.int16)
+
+
+def wav_bytes(waveform, sampling_rate: int = OUTPUT_SAMPLING_RATE) -> bytes:
+    """A complete 16-bit mono WAV file (bytes) of a float or int16 waveform."""
+    import soundfile as sf
+
+    pcm = waveform if isinstance(waveform, np.ndarray) and waveform.dtype == np.int16 else to_pcm16(waveform)
+    buffer = io.BytesIO()
+    sf.write(buffer, pcm, sampling_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ streaming glue
+class TurnStopped(RuntimeError):
+    """Raised inside the generation thread when the user pressed stop."""
+
+
+class _StoppableStreamer(BaichuanAudioStreamer):
+    """A :class:`BaichuanAudioStreamer` that aborts generation (raises :class:`TurnStopped` in the generation
+    thread) once ``stop`` is set."""
+
+    def __init__(self, stop: threading.Event, **kwargs):
+        super().__init__(**kwargs)
+        self.stop = stop
+
+    def put_text(self, row, token_ids):
+        if self.stop.is_set():
+            raise TurnStopped("stopped by the user")
+        super().put_text(row, token_ids)
+
+    def put_audio(self, row, codes):
+        if self.stop.is_set():
+            raise TurnStopped("stopped by the user")
+        super().put_audio(row, codes)
+
+
+class PhraseJoiner:
+    """Streams the join of phrase waveforms exactly as :func:`join_waveforms` joins whole ones.
+
+    Between two phrases ``join_waveforms`` inserts a block ``prev[-n:] * ramp_down + next[:n] * ramp_up`` (when both
+    are longer than ``n`` samples); here the head of a phrase is held back until more than ``n`` of its samples (or
+    its end) are known, then the block is emitted before it.
+    """
+
+    def __init__(self, overlap: int = CROSSFADE):
+        self.overlap = overlap
+        self.prev_tail: torch.Tensor | None = None  # last `overlap` samples of the previous phrase, if long enough
+        self._reset()
+
+    def _reset(self) -> None:
+        self.held: list[torch.Tensor] = []  # head of the current phrase, not emitted yet
+        self.length = 0  # samples of the current phrase so far
+        self.released = False  # the head (and the cross-fade block) has been emitted
+        self.tail = torch.zeros(0)  # last `overlap` samples of the current phrase
+
+    def _release(self) -> torch.Tensor:
+        head = torch.cat(self.held) if self.held else torch.zeros(0)
+        parts = []
+        if self.prev_tail is not None and self.length > self.overlap:
+            ramp = torch.linspace(0.0, 1.0, self.overlap, dtype=head.dtype)
+            parts.append(self.prev_tail * ramp.flip(0) + head[: self.overlap] * ramp)
+        parts.append(head)
+        self.held, self.released = [], True
+        return torch.cat(parts)
+
+    def push(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Samples of the current phrase -> samples to play now (maybe none)."""
+        chunk = chunk.detach().float().cpu().reshape(-1)
+        self.length += chunk.shape[0]
+        self.tail = torch.cat([self.tail, chunk])[-self.overlap :]
+        if self.released:
+            return chunk
+        self.held.append(chunk)
+        return self._release() if self.length > self.overlap else torch.zeros(0)
+
+    def end_phrase(self) -> torch.Tensor:
+        """The current phrase ended: the samples still held back."""
+        out = torch.zeros(0) if self.released else self._release()
+        self.prev_tail = self.tail.clone() if self.length > self.overlap else None
+        self._reset()
+        return out
+
+
+@dataclass
+class TurnEvent:
+    """One item of :meth:`SpeechChat.stream_turn`: ``kind`` is ``"text"`` (``text``: a delta), ``"audio"``
+    (``audio``: 24 kHz float samples) or ``"done"`` (``message``: the assistant message for the history, ``text``:
+    the whole answer text, ``codes``: the answer's audio segments, ``stopped``: the user stopped it)."""
+
+    kind: str
+    text: str = ""
+    audio: torch.Tensor | None = None
+    message: dict | None = None
+    codes: list[torch.Tensor] = field(default_factory=list)
+    stopped: bool = False
+
+
+class SpeechChat:
+    """One model + processor and the turn logic of the app and of ``baichuan-audio chat`` (no state of its own:
+    the conversation is passed in and returned, so concurrent sessions never share anything).
+
+    Args:
+        model: ``BaichuanAudioForConditionalGeneration`` (with the speech generation mixin and ``code2wav``).
+        processor: ``BaichuanAudioProcessor``.
+        generation_kwargs: extra ``generate`` arguments (sampling settings, caps; e.g. ``do_sample=False``).
+        seed: seed of the sampling and of the code2wav draws of every turn (reproducible answers).
+        limits: :class:`InputLimits` of user audio.
+    """
+
+    def __init__(self, model, processor, generation_kwargs: dict | None = None, seed: int = 0, limits=None):
+        self.model = model
+        self.processor = processor
+        self.generation_kwargs = dict(generation_kwargs or {})
+        self.seed = seed
+        self.limits = limits or InputLimits()
+
+    @property
+    def can_speak(self) -> bool:
+        return getattr(self.model, "code2wav", None) is not None
+
+    # ------------------------------------------------------------------------------------------ prompt
+    def user_message(self, audio=None, text: str | None = None) -> dict:
+        """A user message from a Gradio audio value (path or ``(sr, array)``) and/or typed text (validated)."""
+        content = []
+        if audio is not None:
+            wave, rate = load_user_audio(audio, self.limits)
+            content.append({"type": "audio", "audio": wave, "sampling_rate": rate})
+        text = check_text(text, self.limits)
+        if text:
+            content.append({"type": "text", "text": text})
+        if not content:
+            raise AudioInputError("Please record or upload some audio, or type a message.")
+        return {"role": "user", "content": content}
+
+    def _inputs(self, messages: list[dict], voice: str, speak: bool):
+        return self.processor.apply_chat_template(
+            messages,
+            audio_output=speak,
+            voice=voice or DEFAULT_VOICE,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
+
+    def _generate_kwargs(self, inputs, speak: bool) -> dict:
+        device = self.model.device
+        kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        kwargs.update(
+            output_audio=True,
+            speech_mode="chat" if speak else "text",
+            tokenizer=self.processor.tokenizer,
+            generator=torch.Generator(device=device).manual_seed(self.seed),
+        )
+        kwargs.update(self.generation_kwargs)
+        return kwargs
+
+    def _decoder_kwargs(self) -> dict:
+        device = self.model.code2wav.device
+        return {"generator": torch.Generator(device=device).manual_seed(self.seed + 1)}
+
+    def _assistant_message(self, out, prompt_length: int) -> tuple[dict, str]:
+        row = out.sequences[0, : int(out.sequence_lengths[0])]
+        segments = self.processor.split_generated(row, out.audio_codes[0], prompt_length=prompt_length)
+        text = "".join(s["text"] for s in segments if s["type"] == "text")
+        return self.processor.to_assistant_message(segments), text
+
+    # ------------------------------------------------------------------------------------------ turns
+    def stream_turn(
+        self, messages: list[dict], voice: str = DEFAULT_VOICE, speak: bool = True, stop=None
+    ) -> Iterator[TurnEvent]:
+        """Run one turn on ``messages`` (ending with the user's message) and stream it.
+
+        Yields text deltas and audio chunks as they are generated, then one ``"done"`` event with the assistant
+        message to append to the history. ``stop`` (a ``threading.Event``) ends the turn early (``done`` with
+        ``stopped=True``, the text so far and no codes). Errors of the generation thread are re-raised here.
+        """
+        speak = bool(speak) and self.can_speak
+        inputs = self._inputs(messages, voice, speak)
+        prompt_length = int(inputs["input_ids"].shape[1])
+        stop = stop or threading.Event()
+        streamer = _StoppableStreamer(
+            stop,
+            tokenizer=self.processor.tokenizer,
+            code2wav=self.model.code2wav if speak else None,
+            decoder_kwargs=self._decoder_kwargs() if speak else None,
+        )
+        result: dict = {}
+
+        def run():
+            try:
+                result["out"] = self.model.generate(streamer=streamer, **self._generate_kwargs(inputs, speak))
+            except BaseException as err:  # handed to the consumer
+                result["error"] = err
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="baichuan-audio-turn", daemon=True)
+        thread.start()
+        joiner, text = PhraseJoiner(), []
+        try:
+            for event in streamer:
+                if event.kind == "text" and event.text:
+                    text.append(event.text)
+                    yield TurnEvent("text", text=event.text)
+                elif event.kind == "audio" and event.waveform is not None and event.waveform.numel():
+                    chunk = joiner.push(event.waveform)
+                    if chunk.numel():
+                        yield TurnEvent("audio", audio=chunk)
+                elif event.kind == "segment_end":
+                    chunk = joiner.end_phrase()
+                    if chunk.numel():
+                        yield TurnEvent("audio", audio=chunk)
+        finally:
+            if thread.is_alive():  # the consumer left early (e.g. Gradio cancelled the event): end generation
+                stop.set()
+            thread.join()
+        error = result.get("error")
+        if isinstance(error, TurnStopped) or (error is None and "out" not in result):
+            message = {"role": "assistant", "content": [{"type": "text", "text": "".join(text)}]}
+            yield TurnEvent("done", text="".join(text), message=message, stopped=True)
+            return
+        if error is not None:
+            raise error
+        out = result["out"]
+        message, full_text = self._assistant_message(out, prompt_length)
+        yield TurnEvent("done", text=full_text, message=message, codes=list(out.audio_codes[0]))
+
+    def answer(self, messages: list[dict], voice: str = DEFAULT_VOICE, speak: bool = True) -> TurnEvent:
+        """The same turn without streaming: ``done`` event with ``text``, ``codes``, ``message`` and ``audio`` (the
+        whole 24 kHz answer from :meth:`decode_answer`, or None)."""
+        speak = bool(speak) and self.can_speak
+        inputs = self._inputs(messages, voice, speak)
+        with torch.no_grad():
+            out = self.model.generate(**self._generate_kwargs(inputs, speak))
+        message, text = self._assistant_message(out, int(inputs["input_ids"].shape[1]))
+        codes = list(out.audio_codes[0])
+        audio = self.decode_answer(codes) if speak and codes else None
+        return TurnEvent("done", text=text, message=message, codes=codes, audio=audio)
+
+    def decode_answer(self, codes: list[torch.Tensor]) -> torch.Tensor | None:
+        """24 kHz waveform of an answer's audio segments, decoded as :meth:`stream_turn` streams them."""
+        from .modeling.generation import join_waveforms
+
+        kwargs = self._decoder_kwargs()
+        waves = []
+        for segment in codes:
+            if segment.shape[0] == 0:
+                continue
+            decoder = self.model.code2wav.streaming_decoder(**kwargs)
+            first = decoder.push(segment.to(self.model.code2wav.device))
+            waves.append(torch.cat([first, decoder.finish()]).detach().float().cpu())
+        return join_waveforms(waves, CROSSFADE) if waves else None
+
+    # ------------------------------------------------------------------------------------------ base tasks
+    def transcribe(self, audio) -> str:
+        """Base-model ASR of a Gradio audio value / file path (validated)."""
+        wave, rate = load_user_audio(audio, self.limits)
+        inputs = self.processor.asr(wave, sampling_rate=rate, return_tensors="pt")
+        kwargs = self._generate_kwargs(inputs, speak=False)
+        kwargs.setdefault("max_new_tokens", 256)
+        with torch.no_grad():
+            out = self.model.generate(**kwargs)
+        prompt = int(inputs["input_ids"].shape[1])
+        return self.processor.tokenizer.decode(
+            out.sequences[0, prompt : int(out.sequence_lengths[0])], skip_special_tokens=True
+        ).strip()
+
+    def synthesize(self, text: str) -> torch.Tensor:
+        """Base-model TTS of ``text`` (chunked like the original base TTS demo): the 24 kHz waveform."""
+        from .modeling.generation import split_tts_text
+
+        text = check_text(text, self.limits)
+        if not text:
+            raise AudioInputError("Please type some text to speak.")
+        if not self.can_speak:
+            raise AudioInputError("This model was loaded without the vocoder (code2wav): it cannot speak.")
+        tok = self.processor.tokenizer
+        chunks = [
+            tok.encode(c, add_special_tokens=False, split_special_tokens=True) for c in split_tts_text(text.strip())
+        ]
+        kwargs = self._generate_kwargs({}, speak=True)
+        kwargs.update(speech_mode="tts", tts_chunks=[chunks], tokenizer=tok)
+        with torch.no_grad():
+            out = self.model.generate(**kwargs)
+        wave = self.decode_answer(list(out.audio_codes[0]))
+        if wave is None:
+            raise AudioInputError("The model produced no speech for this text.")
+        return wave
+
+
+# ------------------------------------------------------------------------------------------------------ the app
+def _chat_display(history: list[dict]) -> list[dict]:
+    return [entry["display"] for entry in history]
+
+
+def _describe_user(message: dict) -> str:
+    parts = []
+    for item in message["content"]:
+        if item["type"] == "audio":
+            parts.append(f"🎤 ({item['audio'].shape[0] / item['sampling_rate']:.1f} s of speech)")
+        elif item["type"] == "text":
+            parts.append(item["text"])
+    return "\n".join(parts)
+
+
+def make_demo(
+    model,
+    processor,
+    generation_kwargs: dict | None = None,
+    limits: InputLimits | None = None,
+    seed: int = 0,
+    notice: str | None = None,
+    stream_audio: bool | None = None,
+):
+    """Build the Gradio app (``gr.Blocks``); nothing is launched. Tabs: speech chat, ASR, TTS.
+
+    The send button's function (``respond``, a generator) is the streaming turn: it yields (chatbot messages, answer
+    audio as 16-bit WAV bytes or None, status text, new history, audio input, text input) updates.
+
+    ``notice`` is shown at the top (e.g. that a random model produces noise). ``stream_audio``: stream the answer's
+    audio chunk by chunk (needs ``ffmpeg``, which Gradio uses to re-encode streamed audio; default: when it is
+    installed), else the whole answer's audio is sent once the turn ends.
+    """
+    import gradio as gr
+
+    chat = SpeechChat(model, processor, generation_kwargs, seed=seed, limits=limits)
+    if stream_audio is None:
+        stream_audio = shutil.which("ffmpeg") is not None
+    stops: dict[str, threading.Event] = {}  # per session (keyed by Gradio's session hash), only for the stop button
+
+    def respond(audio, text, voice, speak, history, request: gr.Request = None):
+        """Generator of (chatbot, answer audio, status, history, cleared audio input, cleared text)."""
+        history = list(history or [])
+        session = getattr(request, "session_hash", None) or "local"
+        stop = stops[session] = threading.Event()
+        try:
+            user = chat.user_message(audio, text)
+        except AudioInputError as err:
+            yield _chat_display(history), None, f"⚠️ {err}", history, gr.skip(), gr.skip()
+            return
+        shown = _chat_display(history) + [
+            {"role": "user", "content": _describe_user(user)},
+            {"role": "assistant", "content": ""},
+        ]
+        yield list(shown), None, "Thinking…", history, None, ""
+        conversation, answer, pcm = [*_model_messages(history), user], "", []
+        try:
+            for event in chat.stream_turn(conversation, voice=voice, speak=speak, stop=stop):
+                if event.kind == "text":
+                    answer += event.text
+                    shown[-1] = {"role": "assistant", "content": answer}
+                    yield list(shown), None, "Answering…", history, gr.skip(), gr.skip()
+                elif event.kind == "audio":
+                    pcm.append(to_pcm16(event.audio))
+                    if stream_audio:
+                        yield list(shown), wav_bytes(pcm[-1]), "Answering…", history, gr.skip(), gr.skip()
+                else:
+                    shown[-1] = {"role": "assistant", "content": event.text or answer}
+                    new_history = [*history, _stored(user, shown[-2]), _stored(event.message, shown[-1])]
+                    status = "Stopped." if event.stopped else "Done."
+                    audio_out = wav_bytes(np.concatenate(pcm)) if (pcm and not stream_audio) else None
+                    yield shown, audio_out, status, new_history, gr.skip(), gr.skip()
+        except Exception as err:  # never a stack trace in the UI
+            yield (
+                shown,
+                None,
+                f"⚠️ The model failed on this turn: {type(err).__name__}: {err}",
+                history,
+                gr.skip(),
+                gr.skip(),
+            )
+        finally:
+            stops.pop(session, None)
+
+    def stop_turn(request: gr.Request = None):
+        event = stops.get(getattr(request, "session_hash", None) or "local")
+        if event is not None:
+            event.set()
+        return "Stopping…"
+
+    def clear():
+        return [], None, "", [], None, ""
+
+    def transcribe(audio):
+        try:
+            return chat.transcribe(audio), ""
+        except AudioInputError as err:
+            return "", f"⚠️ {err}"
+        except Exception as err:
+            return "", f"⚠️ ASR failed: {type(err).__name__}: {err}"
+
+    def synthesize(text):
+        try:
+            return (OUTPUT_SAMPLING_RATE, to_pcm16(chat.synthesize(text))), ""
+        except AudioInputError as err:
+            return None, f"⚠️ {err}"
+        except Exception as err:
+            return None, f"⚠️ TTS failed: {type(err).__name__}: {err}"
+
+    with gr.Blocks(title="Baichuan-Audio") as demo:
+        gr.Markdown("# Baichuan-Audio\nSpeak (or type) to the model; it answers in text and, if you like, in speech.")
+        if notice:
+            gr.Markdown(f"**{notice}**", elem_id="notice")
+        with gr.Tab("Speech chat"):
+            history = gr.State([])
+            chatbot = gr.Chatbot(label="Conversation", elem_id="chatbot", height=360)
+            with gr.Row():
+                audio_in = gr.Audio(
+                    sources=["microphone", "upload"], type="filepath", label="Your speech", elem_id="audio_in"
+                )
+                with gr.Column():
+                    text_in = gr.Textbox(label="Or type (optional)", lines=2, elem_id="text_in")
+                    voice = gr.Dropdown(VOICES, value=DEFAULT_VOICE, label="Voice", allow_custom_value=True)
+                    speak = gr.Checkbox(value=chat.can_speak, label="Speak the answer", interactive=chat.can_speak)
+            with gr.Row():
+                send = gr.Button("Send", variant="primary", elem_id="send")
+                stop = gr.Button("Stop", elem_id="stop")
+                clear_btn = gr.Button("Clear", elem_id="clear")
+            answer_audio = gr.Audio(
+                label="Spoken answer",
+                streaming=stream_audio,
+                autoplay=True,
+                interactive=False,
+                elem_id="answer_audio",
+            )
+            status = gr.Markdown("", elem_id="status")
+            send_event = send.click(
+                respond,
+                [audio_in, text_in, voice, speak, history],
+                [chatbot, answer_audio, status, history, audio_in, text_in],
+            )
+            stop.click(stop_turn, None, status, queue=False)
+            clear_btn.click(
+                clear, None, [chatbot, answer_audio, status, history, audio_in, text_in], cancels=[send_event]
+            )
+        with gr.Tab("ASR"):
+            asr_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech")
+            asr_btn = gr.Button("Transcribe", variant="primary")
+            asr_out = gr.Textbox(label="Transcript")
+            asr_status = gr.Markdown("")
+            asr_btn.click(transcribe, asr_in, [asr_out, asr_status])
+        with gr.Tab("TTS"):
+            tts_in = gr.Textbox(label="Text", lines=3)
+            tts_btn = gr.Button("Speak", variant="primary")
+            tts_out = gr.Audio(label="Speech", interactive=False)
+            tts_status = gr.Markdown("")
+            tts_btn.click(synthesize, tts_in, [tts_out, tts_status])
+    demo.queue(default_concurrency_limit=2)
+    return demo
+
+
+def _stored(message: dict, shown: dict) -> dict:
+    """History entry: the processor message plus its display form (so the chatbot can be redrawn)."""
+    return {"message": message, "display": shown}
+
+
+def _model_messages(history: list[dict]) -> list[dict]:
+    return [entry["message"] for entry in history]
+
+
+def launch(demo, host: str | None = None, port: int | None = None, **kwargs):
+    """Serve ``demo`` on ``host`` (default: ``$GRADIO_SERVER_NAME``, which hosting platforms such as Spaces set, else
+    127.0.0.1); never a public share link."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    return demo.launch(server_name=host, server_port=port, share=False, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``baichuan-audio demo [options]``: load the model (``--model``, see ``--help``), build the app, serve it on
+    127.0.0.1 (or ``--host``)."""
+    from .cli import main as cli_main
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
+
+
+__all__ = [
+    "AudioInputError",
+    "InputLimits",
+    "PhraseJoiner",
+    "SpeechChat",
+    "TurnEvent",
+    "VOICES",
+    "launch",
+    "main",
+    "load_user_audio",
+    "make_demo",
+    "to_pcm16",
+    "wav_bytes",
+]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
