@@ -1,0 +1,30 @@
+"""Training Baichuan-Audio: the dataset format and collator (:mod:`.data`), the paper's recipes and LoRA SFT
+(:mod:`.recipes`), TRL's trainer with the audio loss (:mod:`.trainer`, imports trl), audio-code pre-computation (:mod:`.precompute`) and a tiny random model for smoke runs
+(:mod:`.tiny`)."""
+
+from .data import IGNORE_INDEX, TASKS, BaichuanAudioCollator, row_segments
+from .recipes import (
+    LLM_LORA_TARGET_REGEX,
+    apply_stage,
+    apply_stage1,
+    apply_stage2,
+    load_lora,
+    lora_sft_config,
+    merge_lora,
+    trainable_parameter_names,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TASKS",
+    "BaichuanAudioCollator",
+    "row_segments",
+    "LLM_LORA_TARGET_REGEX",
+    "apply_stage",
+    "apply_stage1",
+    "apply_stage2",
+    "load_lora",
+    "lora_sft_config",
+    "merge_lora",
+    "trainable_parameter_names",
+]
