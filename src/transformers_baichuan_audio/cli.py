@@ -53,16 +53,6 @@ def _cmd_check_parity(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ model loading
-def _with_speech_generation(model):
-    """The model, with the speech generation mixin (``generate(..., output_audio=True)``) if its class lacks it."""
-    from .tiny_random import _model_class
-
-    cls = _model_class()
-    if not isinstance(model, cls):
-        model.__class__ = cls
-    return model
-
-
 def _find_vocoder(root: Path) -> Path | None:
     for name in ("hift.safetensors", "hift.pt"):
         found = sorted(root.rglob(name))
@@ -112,7 +102,7 @@ def load_model_and_processor(spec: str, vocoder: str | None = None, device: str 
         processor = BaichuanAudioProcessor.from_pretrained(path)
     if getattr(model, "code2wav", None) is not None:
         model.code2wav.float()  # code2wav runs in fp32
-    return _with_speech_generation(model.to(device).eval()), processor, {}
+    return model.to(device).eval(), processor, {}
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

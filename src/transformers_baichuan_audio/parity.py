@@ -272,6 +272,142 @@ class ParityContext:
             worst = max(worst, _max_abs(wave, exp[f"{case}.wave"]))
         return (worst, ",".join(cases)) if cases else (math.inf, "no case")
 
+    # ------------------------------------------------------------------------------------------- generation
+    @property
+    def eos_codes(self) -> list[int]:
+        return list(self.config.codebook_sizes)
+
+    def _segment(self, audios_sequences: torch.Tensor) -> torch.Tensor:
+        """Frames of one row of the original ``audios_sequences`` before the first end-of-audio code (codebook 0)."""
+        eos = self.eos_codes[0]
+        hits = (audios_sequences[:, 0] == eos).nonzero()
+        return audios_sequences[: int(hits[0]) if len(hits) else audios_sequences.shape[0]]
+
+    def _encode_clip(self, name: str) -> torch.Tensor:
+        wav, sr = self.fixture.input_wav(name)
+        return self.model.model.audio_tokenizer.encode(audio=wav, sampling_rate=sr)[0]
+
+    def _tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.fixture.tokenizer_dir()))
+
+    def generate_text(self) -> tuple[float, str]:
+        """Greedy text generation (base ASR with the audio as features; a text chat prompt): token mismatches."""
+        exp, meta = self.fixture.expected("generate_text"), self.fixture.meta["generate_text"]
+        front = self.fixture.expected("frontend")
+        mismatches, cases = 0.0, []
+        for case in _cases(exp, "sequences"):
+            kwargs = dict(meta[case]["kwargs"])
+            kwargs.pop("num_beams", None)
+            if not kwargs.get("do_sample", False):
+                for key in ("top_k", "top_p", "temperature"):
+                    kwargs.pop(key, None)
+            if f"{case}.encoder_length" in exp:
+                clip = meta[case]["prompt"].split("<inputs/")[1].split(".wav")[0]
+                n = len(front[f"{clip}.encoder_length"])
+                mels = [front[f"{clip}.mel.{i}"] for i in range(n)]
+                width = max(m.shape[-1] for m in mels)
+                feats = torch.zeros(n, mels[0].shape[0], width)
+                for i, m in enumerate(mels):
+                    feats[i, :, : m.shape[-1]] = m
+                kwargs.update(
+                    input_features=feats,
+                    encoder_length=exp[f"{case}.encoder_length"],
+                    bridge_length=exp[f"{case}.bridge_length"],
+                )
+            with torch.no_grad():
+                out = self.model.generate(
+                    exp[f"{case}.input_ids"], attention_mask=exp[f"{case}.attention_mask"], **kwargs
+                )
+            ref = exp[f"{case}.sequences"]
+            if out.shape != ref.shape:
+                return math.inf, f"{case}: {tuple(out.shape)} tokens vs {tuple(ref.shape)}"
+            mismatches += _mismatches(out, ref)
+            cases.append(case)
+        return (mismatches, ",".join(cases)) if cases else (math.inf, "no case")
+
+    def generate_audio(self) -> tuple[float, str]:
+        """Greedy audio steps (base TTS prompts; a cache continuation; a left-padded batch): token + code mismatches."""
+        exp, meta = self.fixture.expected("generate_audio"), self.fixture.meta["generate_audio"]
+        gk = meta.get("generation_kwargs", {})
+        kwargs = {
+            "output_audio": True,
+            "speech_mode": "tts",
+            "switch_policy": "reference",
+            "do_sample": bool(gk.get("do_sample", False)),
+            "audio_max_frames": int(gk.get("max_new_tokens", 500)),
+            "audio_repetition_penalty": float(gk.get("repetition_penalty", 1.3)),
+        }
+        mismatches, cases, caches = 0.0, [], {}
+        for case in _cases(exp, "audios_sequences"):
+            ids = exp.get(f"{case}.input_ids")
+            cache = None
+            if ids is None:
+                continue
+            ref_seq = exp[f"{case}.sequences"]
+            if ids.shape[0] == 1 and caches:
+                # a continuation: input = an earlier case's sequence with the last token replaced + a new chunk
+                for prev_seq, prev_cache in caches.values():
+                    n = prev_seq.shape[1] - 1
+                    if ids.shape[1] > n and torch.equal(ids[0, :n], prev_seq[0, :n]):
+                        cache = prev_cache
+                        break
+            with torch.no_grad():
+                out = self.model.generate(ids, attention_mask=exp.get(f"{case}.attention_mask"), cache=cache, **kwargs)
+            if cache is None:
+                caches[case] = (out.sequences, out.cache)
+            for row in range(ids.shape[0]):
+                seg = self._segment(exp[f"{case}.audios_sequences"][row])
+                ours = out.audio_codes[row][0] if out.audio_codes[row] else torch.zeros(0, seg.shape[-1])
+                if ours.shape != seg.shape:
+                    return math.inf, f"{case}[{row}]: {tuple(ours.shape)} frames vs {tuple(seg.shape)}"
+                mismatches += _mismatches(ours, seg)
+                length = int(out.sequence_lengths[row]) if getattr(out, "sequence_lengths", None) is not None else None
+                length = length or out.sequences.shape[1]
+                mismatches += _mismatches(out.sequences[row, :length], ref_seq[row, :length])
+            cases.append(case)
+        return (mismatches, ",".join(cases)) if cases else (math.inf, "no case")
+
+    def s2s(self) -> tuple[float, str]:
+        """The original speech-chat loop under the ``"reference"`` switch policy with the recorded caps."""
+        exp, meta = self.fixture.expected("s2s"), self.fixture.meta["s2s"]
+        tokenizer = self._tokenizer()
+        mismatches, runs = 0.0, []
+        for run in sorted(meta):
+            info = meta[run]
+            caps = info.get("caps", {})
+            clip = Path(info["user_wav"]).stem
+            kwargs = {
+                "output_audio": True,
+                "do_sample": False,
+                "switch_policy": "reference",
+                "tokenizer": tokenizer,
+                "audio_codes": self._encode_clip(clip),
+            }
+            if "text" in caps:
+                kwargs["text_segment_max_new_tokens"] = int(caps["text"])
+            if "audio" in caps:
+                kwargs["audio_max_frames"] = int(caps["audio"])
+            if "rounds" in caps:
+                kwargs["max_rounds"] = int(caps["rounds"])
+            with torch.no_grad():
+                out = self.model.generate(exp[f"{run}.text0.input_ids"], **kwargs)
+            ref = exp[f"{run}.final_sequences"]
+            if out.sequences.shape != ref.shape:
+                return math.inf, f"{run}: {tuple(out.sequences.shape)} tokens vs {tuple(ref.shape)}"
+            mismatches += _mismatches(out.sequences, ref)
+            n_segments = int(info.get("n_segments", len(out.audio_codes[0])))
+            if len(out.audio_codes[0]) != n_segments:
+                return math.inf, f"{run}: {len(out.audio_codes[0])} audio segments vs {n_segments}"
+            for k, codes in enumerate(out.audio_codes[0]):
+                seg = self._segment(exp[f"{run}.audio{k}.audios_sequences"][0])
+                if codes.shape != seg.shape:
+                    return math.inf, f"{run} segment {k}: {tuple(codes.shape)} frames vs {tuple(seg.shape)}"
+                mismatches += _mismatches(codes, seg)
+            runs.append(run)
+        return (mismatches, ",".join(runs)) if runs else (math.inf, "no run")
+
 
 # name -> (expected file, runner returning {stage: (error, detail)})
 def _stage_table(ctx: ParityContext) -> list[tuple[str, str, Callable[[], dict]]]:
@@ -294,7 +430,11 @@ def _stage_table(ctx: ParityContext) -> list[tuple[str, str, Callable[[], dict]]
 
 
 def _generation_stages(ctx: ParityContext) -> list[tuple[str, str, Callable[[], dict]]]:
-    return []
+    return [
+        ("generate_text", "generate_text", lambda: {"generate_text": ctx.generate_text()}),
+        ("generate_audio", "generate_audio", lambda: {"generate_audio": ctx.generate_audio()}),
+        ("s2s", "s2s", lambda: {"s2s": ctx.s2s()}),
+    ]
 
 
 def run_parity(

@@ -68,15 +68,8 @@ def tiny_random_config(processor):
 
 def _model_class():
     from .modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
-    from .modeling.generation import BaichuanAudioGenerationMixin
 
-    if issubclass(BaichuanAudioForConditionalGeneration, BaichuanAudioGenerationMixin):
-        return BaichuanAudioForConditionalGeneration
-
-    class BaichuanAudioTinyRandom(BaichuanAudioGenerationMixin, BaichuanAudioForConditionalGeneration):
-        """Until the model class inherits the speech generation mixin."""
-
-    return BaichuanAudioTinyRandom
+    return BaichuanAudioForConditionalGeneration
 
 
 def build_tiny_random(seed: int = 0, dtype: torch.dtype = torch.float32):

@@ -48,6 +48,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from ..configuration import BaichuanAudioConfig
 from .audio_head import BaichuanAudioHead
+from .generation import BaichuanAudioGenerationMixin
 
 _AUDIO_GENERATION_INPUTS = ("audio_codes", "input_features", "encoder_length", "bridge_length")
 
@@ -261,7 +262,9 @@ class BaichuanAudioModel(BaichuanAudioPreTrainedModel):
         )
 
 
-class BaichuanAudioForConditionalGeneration(BaichuanAudioPreTrainedModel, GenerationMixin):
+class BaichuanAudioForConditionalGeneration(
+    BaichuanAudioGenerationMixin, BaichuanAudioPreTrainedModel, GenerationMixin
+):
     """Baichuan-Audio: text logits (``lm_head``), audio-frame logits (``audio_head``) and code2wav.
 
     ``generate()`` of ``GenerationMixin`` produces text (audio input as ``audio_codes`` or ``input_features`` in the

@@ -56,11 +56,10 @@ def tiny_config_for(processor, hidden_size: int = 64, num_layers: int = 2, **ove
 
 
 def speech_generation_model_class():
-    """The model class with ``generate(output_audio=True)`` (the model class itself once it inherits the generation
-    mixin; until then the subclass of :mod:`transformers_baichuan_audio.tiny_random`)."""
-    from ..tiny_random import _model_class
+    """The model class (it has ``generate(output_audio=True)``)."""
+    from ..modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
 
-    return _model_class()
+    return BaichuanAudioForConditionalGeneration
 
 
 __all__ = ["build_tiny_processor", "tiny_config_for", "speech_generation_model_class"]

@@ -1,0 +1,139 @@
+"""Streaming of ``generate(..., output_audio=True)``: text deltas and audio (codes + waveform chunks) as they come.
+
+:class:`BaichuanAudioStreamer` is filled by the generation loop (``put_text`` / ``put_audio`` / ``end_segment`` /
+``end``) and consumed by iterating over it, typically from another thread (or a Gradio generator)::
+
+    streamer = BaichuanAudioStreamer(tokenizer=tokenizer, code2wav=model.code2wav)
+    thread = threading.Thread(target=model.generate, kwargs=dict(input_ids=ids, output_audio=True, streamer=streamer))
+    thread.start()
+    for event in streamer:
+        if event.kind == "text":
+            print(event.text, end="")
+        elif event.kind == "audio" and event.waveform is not None and event.waveform.numel():
+            play(event.waveform)  # 24 kHz
+    thread.join()
+
+Waveform chunks come from the code2wav streaming decoder (``code2wav.streaming_decoder()``): the first chunk of a
+phrase is produced as soon as its first decoder chunk of code frames exists (25 frames = 2 s of speech for the
+released model), not at the end of the phrase. Decoding runs in the consuming thread (while it iterates), so the
+generation loop is never blocked by code2wav and both run concurrently.
+"""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class BaichuanAudioStreamEvent:
+    """One streamed item.
+
+    Attributes:
+        row: batch row the event belongs to.
+        kind: ``"text"`` (``token_ids`` + decoded ``text`` delta), ``"audio"`` (``codes`` (n, num_codebooks) of new
+            frames and/or a ``waveform`` chunk (samples,) at 24 kHz) or ``"segment_end"`` (an audio segment ended).
+        segment: index of the row's audio segment (audio events).
+    """
+
+    row: int
+    kind: str
+    token_ids: list[int] | None = None
+    text: str | None = None
+    codes: torch.Tensor | None = None
+    waveform: torch.Tensor | None = None
+    segment: int | None = None
+
+
+class BaichuanAudioStreamer:
+    """Queue-based streamer for the speech generation loop (thread-safe producer/consumer).
+
+    Args:
+        tokenizer: decodes text deltas (``event.text``); without it only ``token_ids`` are given.
+        code2wav: a ``BaichuanAudioCode2Wav``; when given, audio events carry waveform chunks from its streaming
+            decoder (one decoder per row and segment).
+        decoder_kwargs: extra arguments of ``code2wav.streaming_decoder`` (e.g. ``generator``).
+        skip_special_tokens: passed to ``tokenizer.decode``.
+        timeout: seconds the consumer waits for the next event before ``queue.Empty`` is raised (None: forever).
+    """
+
+    _END = object()
+
+    def __init__(
+        self,
+        tokenizer=None,
+        code2wav=None,
+        decoder_kwargs: dict | None = None,
+        skip_special_tokens: bool = True,
+        timeout: float | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.code2wav = code2wav
+        self.decoder_kwargs = dict(decoder_kwargs or {})
+        self.skip_special_tokens = skip_special_tokens
+        self.timeout = timeout
+        self.queue: queue.Queue = queue.Queue()
+        self._tokens: dict[int, list[int]] = {}
+        self._printed: dict[int, int] = {}
+        self._decoders: dict[int, object] = {}  # consumer side only
+        self._pending: list[BaichuanAudioStreamEvent] = []
+        self._segments: dict[int, int] = {}
+
+    # --------------------------------------------------------------------------------------------- producer side
+    def put_text(self, row: int, token_ids: list[int]) -> None:
+        """New text tokens of ``row``; the text delta is emitted once it decodes to complete characters."""
+        tokens = self._tokens.setdefault(row, [])
+        tokens.extend(int(t) for t in token_ids)
+        text = None
+        if self.tokenizer is not None:
+            full = self.tokenizer.decode(tokens, skip_special_tokens=self.skip_special_tokens)
+            if full.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
+                text = ""
+            else:
+                text = full[self._printed.get(row, 0) :]
+                self._printed[row] = len(full)
+        self.queue.put(BaichuanAudioStreamEvent(row=row, kind="text", token_ids=list(token_ids), text=text))
+
+    def put_audio(self, row: int, codes: torch.Tensor) -> None:
+        """New audio frames (n, num_codebooks) of ``row``'s current segment."""
+        codes = codes.detach().to("cpu", torch.long)
+        self.queue.put(BaichuanAudioStreamEvent(row=row, kind="audio", codes=codes, segment=self._segments.get(row, 0)))
+
+    def end_segment(self, row: int) -> None:
+        """The current audio segment of ``row`` ended."""
+        segment = self._segments.get(row, 0)
+        self.queue.put(BaichuanAudioStreamEvent(row=row, kind="segment_end", segment=segment))
+        self._segments[row] = segment + 1
+
+    def end(self) -> None:
+        """End of generation (also unblocks the consumer)."""
+        self.queue.put(self._END)
+
+    # --------------------------------------------------------------------------------------------- consumer side
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> BaichuanAudioStreamEvent:
+        if self._pending:
+            return self._pending.pop(0)
+        item = self.queue.get(timeout=self.timeout)
+        if item is self._END:
+            raise StopIteration
+        if self.code2wav is None:
+            return item
+        # Waveforms are decoded here, on the CONSUMER side, so that code2wav never blocks the generation loop.
+        if item.kind == "audio":
+            decoder = self._decoders.get(item.row)
+            if decoder is None:
+                decoder = self._decoders[item.row] = self.code2wav.streaming_decoder(**self.decoder_kwargs)
+            item.waveform = decoder.push(item.codes.to(self.code2wav.device)).detach().cpu()
+        elif item.kind == "segment_end" and item.row in self._decoders:
+            rest = self._decoders.pop(item.row).finish().detach().cpu()
+            self._pending.append(item)  # the rest of the phrase comes as one more audio event before segment_end
+            return BaichuanAudioStreamEvent(row=item.row, kind="audio", waveform=rest, segment=item.segment)
+        return item
+
+
+__all__ = ["BaichuanAudioStreamer", "BaichuanAudioStreamEvent"]
