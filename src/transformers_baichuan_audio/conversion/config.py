@@ -10,20 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..configuration import BaichuanAudioConfig, BaichuanAudioVocoderConfig
+from ..configuration import TOKEN_ID_FIELDS, BaichuanAudioConfig, BaichuanAudioVocoderConfig
 
 ROLE_TOKENS = {"system_token_id": "<B_SYS>", "user_token_id": "<C_Q>", "assistant_token_id": "<C_A>"}
-AUDIO_TOKEN_FIELDS = (
-    "audio_start_token_id",
-    "audio_end_token_id",
-    "audio_pad_token_id",
-    "audio_delim_token_id",
-    "audiotext_start_token_id",
-    "audiotext_end_token_id",
-    "audiotext_pad_token_id",
-    "audiogen_start_token_id",
-    "audiogen_end_token_id",
-)
+AUDIO_TOKEN_FIELDS = tuple(name for name in TOKEN_ID_FIELDS if name.startswith("audio"))
 EOS_TOKEN = "<|endoftext|>"
 
 
