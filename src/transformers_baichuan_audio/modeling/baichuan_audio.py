@@ -48,27 +48,11 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from ..configuration import BaichuanAudioConfig
 from .audio_head import BaichuanAudioHead
+from .audio_tokenizer import BaichuanAudioTokenizerModel
+from .code2wav import BaichuanAudioCode2Wav
 from .generation import BaichuanAudioGenerationMixin
 
 _AUDIO_GENERATION_INPUTS = ("audio_codes", "input_features", "encoder_length", "bridge_length")
-
-
-def _build_audio_tokenizer(config):
-    """The audio tokenizer sub-model, or None while ``audio_tokenizer.py`` is not available."""
-    try:
-        from .audio_tokenizer import BaichuanAudioTokenizerModel
-    except ImportError:
-        return None
-    return BaichuanAudioTokenizerModel._from_config(config)
-
-
-def _build_code2wav(config):
-    """The code2wav sub-model, or None while ``code2wav.py`` is not available."""
-    try:
-        from .code2wav import BaichuanAudioCode2Wav
-    except ImportError:
-        return None
-    return BaichuanAudioCode2Wav._from_config(config)
 
 
 def fill_audio_codes(audio_codes: torch.Tensor, encoded_codes: torch.Tensor) -> torch.Tensor:
@@ -166,7 +150,7 @@ class BaichuanAudioModel(BaichuanAudioPreTrainedModel):
         super().__init__(config)
         self.language_model = AutoModel.from_config(config.text_config)
         self.audio_embed = BaichuanAudioEmbeddings(config)
-        self.audio_tokenizer = _build_audio_tokenizer(config.audio_tokenizer_config)
+        self.audio_tokenizer = BaichuanAudioTokenizerModel._from_config(config.audio_tokenizer_config)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -186,8 +170,6 @@ class BaichuanAudioModel(BaichuanAudioPreTrainedModel):
         bridge_length: torch.Tensor | None = None,
     ) -> torch.LongTensor:
         """Encode speech features to codes (sum(bridge_length), num_codebooks), pieces concatenated in order."""
-        if self.audio_tokenizer is None:
-            raise RuntimeError("this model has no audio tokenizer: pass `audio_codes` instead of `input_features`")
         return self.audio_tokenizer(input_features, encoder_length, bridge_length).audio_codes
 
     def embed_inputs(self, input_ids: torch.LongTensor, audio_codes: torch.LongTensor | None) -> torch.Tensor:
@@ -276,7 +258,9 @@ class BaichuanAudioForConditionalGeneration(
         self.model = BaichuanAudioModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.audio_head = BaichuanAudioHead(config.audio_head_config)
-        self.code2wav = _build_code2wav(config.code2wav_config) if config.enable_audio_output else None
+        self.code2wav = (
+            BaichuanAudioCode2Wav._from_config(config.code2wav_config) if config.enable_audio_output else None
+        )
         self.post_init()
 
     @classmethod
