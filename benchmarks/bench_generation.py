@@ -85,6 +85,25 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def measure_gemv_bandwidth(device: str, dtype: torch.dtype, gib: float) -> float:
+    """Bytes/s of weights streamed by batch-1 matrix-vector products (a stack of 896x4864 matrices, LLM-MLP sized,
+    together ``gib`` GiB so nothing stays in cache): what decode can reach with these kernels, next to the ``sum``
+    bandwidth of :func:`measure_bandwidth`."""
+    rows, cols = 4864, 896
+    count = max(1, int(gib * 2**30) // (rows * cols * torch.finfo(dtype).bits // 8))
+    weights = [torch.randn(rows, cols, device=device).to(dtype) for _ in range(count)]
+    x = torch.randn(1, cols, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(3):
+        sync(device)
+        t = time.perf_counter()
+        for w in weights:
+            x @ w.T
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return sum(w.numel() * w.element_size() for w in weights) / best
+
+
 def measure_bandwidth(device: str, gib: float) -> float:
     """Bytes/s of reading a large fp32 tensor (best of 5 sums)."""
     x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32, device=device)
@@ -267,6 +286,8 @@ def main() -> None:
     print(f"built {args.size} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params) in {build_s:.1f} s")
     bandwidth = measure_bandwidth(args.device, args.bandwidth_gib)
     print(f"memory bandwidth: {bandwidth / 1e9:.1f} GB/s")
+    gemv_bandwidth = measure_gemv_bandwidth(args.device, dtype, args.bandwidth_gib)
+    print(f"gemv weight bandwidth: {gemv_bandwidth / 1e9:.1f} GB/s")
 
     with torch.inference_mode():
         model.generate(prompt_ids(config, 8, args.device, True), **tts_kwargs(3))  # warm-up
@@ -289,6 +310,8 @@ def main() -> None:
         "achieved_bytes_per_s": achieved,
         "bandwidth_bytes_per_s": bandwidth,
         "roofline_fraction": achieved / bandwidth,
+        "gemv_bandwidth_bytes_per_s": gemv_bandwidth,
+        "gemv_roofline_fraction": achieved / gemv_bandwidth,
         "roofline_frames_per_s": bandwidth / bytes_per_frame,
         **first,
         "peak_memory_gib": peak_memory(args.device),
