@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import GenerationConfig
 
 from transformers_baichuan_audio import BaichuanAudioForConditionalGeneration, BaichuanAudioProcessor
 from transformers_baichuan_audio.conversion.config import ConversionError, config_from_original, read_added_tokens
@@ -57,6 +58,11 @@ def test_converted_directory_equals_on_the_fly_loading(reference_fixture, origin
     files = sorted(p.name for p in converted_dir.iterdir())
     assert "model.safetensors.index.json" in files and "config.json" in files and "generation_config.json" in files
     assert "processor_config.json" in files and "chat_template.jinja" in files
+    generation = GenerationConfig.from_pretrained(converted_dir)  # the original demo's settings (reference 11.2)
+    assert (generation.do_sample, generation.temperature, generation.top_k, generation.top_p) == (True, 0.8, 20, 0.85)
+    assert (generation.audio_temperature, generation.audio_top_k, generation.audio_repetition_penalty) == (0.5, 5, 1.3)
+    assert (generation.later_text_temperature, generation.audio_max_frames, generation.max_rounds) == (0.3, 500, 100)
+    assert generation.eos_token_id == reference_fixture.special_tokens["roles"]["eos_token_id"]
 
     from_dir = BaichuanAudioForConditionalGeneration.from_pretrained(converted_dir, dtype=torch.float32).eval()
     on_the_fly = BaichuanAudioForConditionalGeneration.from_pretrained(

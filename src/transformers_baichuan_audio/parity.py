@@ -117,6 +117,13 @@ class ParityContext:
                 dtype=torch.float32,
                 attn_implementation=self.attn_implementation,
             ).eval()
+            # Stage runs mirror the original calls: its checkpoint's generation_config + each call's kwargs (the
+            # converted model's own generation_config carries the demo's sampling defaults instead).
+            original = self.fixture.checkpoint_dir / "generation_config.json"
+            if original.exists():
+                from transformers import GenerationConfig
+
+                self._model.generation_config = GenerationConfig.from_dict(json.loads(original.read_text()))
         return self._model
 
     @property

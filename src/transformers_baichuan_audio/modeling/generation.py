@@ -85,6 +85,27 @@ SPEECH_GENERATION_DEFAULTS: dict = {
     "switch_policy": "default",
 }
 SWITCH_POLICIES = ("default", "reference")
+
+
+def default_generation_config(config) -> GenerationConfig:
+    """The released demo's settings (reference section 11.2) as a ``GenerationConfig`` for converted checkpoints.
+
+    The un-prefixed sampling settings drive text-only ``generate`` and the first text segment of a spoken answer;
+    the ``later_text_*`` / ``audio_*`` attributes and the caps drive the speech loop (see
+    :data:`SPEECH_GENERATION_DEFAULTS`). ``max_new_tokens`` is the original checkpoint's 2048.
+    """
+    eos = config.eos_token_id
+    generation_config = GenerationConfig(
+        bos_token_id=eos if isinstance(eos, int) else None,
+        eos_token_id=eos,
+        pad_token_id=config.pad_token_id,
+        max_new_tokens=2048,
+    )
+    for key, value in SPEECH_GENERATION_DEFAULTS.items():
+        setattr(generation_config, key, copy.deepcopy(value))
+    return generation_config
+
+
 SPEECH_MODES = ("chat", "tts", "text")
 _TTS_SPLIT = re.compile(r"([:,;!?，。；：！？])")
 
