@@ -249,3 +249,21 @@ def test_default_policy_closes_a_final_phrase(model, prompts):
     assert seq[-2:] == [cfg.audiogen_end_token_id, cfg.eos_token_id]
     assert ref_seq[-1] == cfg.audio_pad_token_id and ref_seq == seq[: len(ref_seq)]  # same tokens up to there
     assert _segments_in_context(seq[ids.shape[0] :], cfg) == [frames]
+
+
+def test_static_cache_equals_dynamic_cache(model, prompts):
+    """``cache_implementation="static"`` (fixed-shape cache for torch.compile / CUDA graphs) changes nothing: the
+    left-padded batch of all four rows gives the same tokens and codes as with the default dynamic cache."""
+    rows = [p[0] for p in prompts]
+    ids, mask = _left_pad(rows, model.config.pad_token_id)
+    codes = torch.cat([p[1] for p in prompts if p[1] is not None])
+    kwargs = dict(CAPS, output_audio=True, attention_mask=mask, audio_codes=codes, speech_mode=[p[2] for p in prompts])
+    dynamic = model.generate(ids, **kwargs)
+    static = model.generate(ids, cache_implementation="static", static_cache_max_len=512, **kwargs)
+    assert type(static.cache).__name__ == "StaticCache"
+    assert torch.equal(dynamic.sequences, static.sequences)
+    assert torch.equal(dynamic.sequence_lengths, static.sequence_lengths)
+    for a, b in zip(dynamic.audio_codes, static.audio_codes, strict=True):
+        assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="cache_implementation"):
+        model.generate(ids, cache_implementation="paged", **kwargs)

@@ -230,6 +230,9 @@ class BaichuanAudioGenerationMixin:
                 ``end_segment`` / ``end``) receiving text tokens and audio frames as they are generated.
             generator: ``torch.Generator`` for the sampling draws.
             return_waveforms: decode the audio segments with ``self.code2wav`` (24 kHz).
+            cache_implementation: ``"dynamic"`` (default) or ``"static"``: a preallocated ``StaticCache`` of fixed
+                shape (for ``torch.compile`` / CUDA graphs on GPUs) of ``static_cache_max_len`` positions (default
+                ``max_position_embeddings``). A ``cache=`` object given by the caller is used as is.
             Sampling settings: any key of :data:`SPEECH_GENERATION_DEFAULTS` (``temperature`` ... for the first text
                 segment and "text" rows, ``later_text_*``, ``audio_*``, ``text_segment_max_new_tokens``,
                 ``max_rounds``, ``switch_policy``), read from kwargs, then ``generation_config``, then the defaults.
@@ -258,6 +261,8 @@ class BaichuanAudioGenerationMixin:
         generator = kwargs.pop("generator", None)
         return_waveforms = kwargs.pop("return_waveforms", False)
         output_audio_logits = kwargs.pop("output_audio_logits", False)
+        cache_implementation = kwargs.pop("cache_implementation", None) or getattr(config, "cache_implementation", None)
+        static_cache_max_len = kwargs.pop("static_cache_max_len", None)
         prefill_inputs = {
             k: kwargs.pop(k, None) for k in ("audio_codes", "input_features", "encoder_length", "bridge_length")
         }
@@ -284,7 +289,7 @@ class BaichuanAudioGenerationMixin:
         cached = cache.get_seq_length() if cache is not None else 0
         rows = _initial_rows(input_ids, attention_mask, cached, modes, tts_chunks, ids, output_audio_logits)
         if cache is None:
-            cache = DynamicCache(config=cfg.get_text_config())
+            cache = _new_cache(cfg, cache_implementation, static_cache_max_len, device)
         # Full attention mask over everything fed so far (cached prefix + fed steps).
         mask = attention_mask[:, :cached].clone()
         text_procs = {
@@ -607,6 +612,20 @@ def _build_step(rows: list[_Row], ids: _SpecialIds, device) -> tuple[torch.Tenso
         row.pending, row.pending_codes = [], []
     step_codes = torch.stack(codes).to(device) if codes else None
     return step_ids.to(device), step_mask.to(device), step_codes
+
+
+def _new_cache(cfg, implementation, max_len, device) -> Cache:
+    """The LLM KV cache of one call: dynamic (default), or a preallocated ``StaticCache`` of fixed shape
+    (``cache_implementation="static"``, for ``torch.compile`` / CUDA graphs) of ``static_cache_max_len`` positions
+    (default: the LLM's ``max_position_embeddings``)."""
+    text_config = cfg.get_text_config()
+    if implementation in (None, "dynamic"):
+        return DynamicCache(config=text_config)
+    if implementation != "static":
+        raise ValueError(f"cache_implementation must be 'dynamic' or 'static', got {implementation!r}")
+    from transformers import StaticCache
+
+    return StaticCache(config=text_config, max_cache_len=max_len or text_config.max_position_embeddings)
 
 
 def _pad_histories(seqs: list[list[int]], device) -> torch.Tensor:
