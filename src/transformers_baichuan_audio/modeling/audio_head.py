@@ -25,8 +25,11 @@ Two ways to run it:
 
 * :meth:`BaichuanAudioHead.forward`: the full 8-position pass with teacher forcing (training, scoring);
 * :meth:`BaichuanAudioHead.step` (+ :meth:`BaichuanAudioHead.decode_frame`): one codebook position at a time with a
-  small per-frame KV cache (:class:`transformers.DynamicCache`), for generation. It gives the same logits as the full
-  pass (the head is causal), without the original's 8 full recomputations per frame.
+  small per-frame KV cache, for generation. It gives the same logits as the full pass (the head is causal), without
+  the original's 8 full recomputations per frame. The cache is a :class:`transformers.DynamicCache` (default) or a
+  preallocated :class:`transformers.StaticCache` of ``num_codebooks`` positions reused frame after frame
+  (``new_cache(static=True, ...)``): fixed shapes and addresses, for ``torch.compile`` / CUDA graphs
+  (:meth:`BaichuanAudioHead.forward_position`, compiled by the speech loop).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -74,8 +77,9 @@ class BaichuanAudioHeadAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
 
-    def forward(self, hidden_states: torch.Tensor, cache: Cache | None = None, **kwargs):
-        """hidden_states (N, q, H) for the positions ``past .. past+q-1``; ``cache`` holds positions ``0 .. past-1``."""
+    def forward(self, hidden_states: torch.Tensor, cache: Cache | None = None, position_offset: int = 0, **kwargs):
+        """hidden_states (N, q, H) for the positions ``position_offset .. position_offset+q-1``; ``cache`` holds
+        positions ``0 .. position_offset-1`` (a static cache may hold more slots: only the valid ones are read)."""
         bsz, q_len, _ = hidden_states.shape
         shape = (bsz, q_len, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
@@ -83,6 +87,8 @@ class BaichuanAudioHeadAttention(nn.Module):
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
+            # A StaticCache returns all its slots: keep the filled ones (a no-op view for a DynamicCache).
+            key, value = key[:, :, : position_offset + q_len], value[:, :, : position_offset + q_len]
         kv_len = key.shape[2]
 
         implementation = self.config._attn_implementation or "sdpa"
@@ -128,7 +134,9 @@ class BaichuanAudioHeadLayer(GradientCheckpointingLayer):
         self, hidden_states: torch.Tensor, cache: Cache | None = None, position_offset: int = 0, **kwargs
     ) -> torch.Tensor:
         """hidden_states (N, q, H) at codebook positions ``position_offset .. position_offset+q-1``."""
-        attn_output, _ = self.self_attn(self.input_layernorm(hidden_states), cache=cache, **kwargs)
+        attn_output, _ = self.self_attn(
+            self.input_layernorm(hidden_states), cache=cache, position_offset=position_offset, **kwargs
+        )
         residual = self.post_attention_layernorm(hidden_states + attn_output)
         ffn_output = torch.stack(
             [self.mlp[position_offset + j](residual[:, j]) for j in range(residual.shape[1])], dim=1
@@ -186,9 +194,35 @@ class BaichuanAudioHead(nn.Module):
         return [head(hidden_states[:, i]) for i, head in enumerate(self.heads)]
 
     # ----------------------------------------------------------------------------------------------- incremental
-    def new_cache(self) -> DynamicCache:
-        """An empty per-frame KV cache for :meth:`step` (one per frame; at most ``num_codebooks`` positions)."""
-        return DynamicCache()
+    def new_cache(
+        self,
+        static: bool = False,
+        batch_size: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Cache:
+        """An empty per-frame KV cache for :meth:`step` (at most ``num_codebooks`` positions).
+
+        ``static=False``: a :class:`~transformers.DynamicCache`, one per frame. ``static=True``: a
+        :class:`~transformers.StaticCache` of ``num_codebooks`` slots for ``batch_size`` rows, allocated now (fixed
+        addresses, as CUDA graphs need) in ``dtype`` / ``device`` (default: the head's); reuse it for every frame of
+        that batch size (:meth:`decode_frame` resets it).
+        """
+        if not static:
+            return DynamicCache()
+        if batch_size is None:
+            raise ValueError("new_cache(static=True) needs the batch_size")
+        weight = self.norm.weight
+        cache = StaticCache(config=self.config, max_cache_len=self.num_codebooks)
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        cache.early_initialization(
+            batch_size,
+            self.config.num_attention_heads,
+            head_dim,
+            dtype or weight.dtype,
+            torch.device(device) if device is not None else weight.device,
+        )
+        return cache
 
     def step(self, inputs_embeds: torch.Tensor, codebook_idx: int, cache: Cache) -> torch.Tensor:
         """Run ONE codebook position and return its logits.
@@ -201,11 +235,17 @@ class BaichuanAudioHead(nn.Module):
         Returns:
             (N, codebook_sizes[codebook_idx] + 1) logits.
         """
-        if cache.get_seq_length() != codebook_idx:
+        held = int(cache.get_seq_length())
+        if held != codebook_idx:
             raise ValueError(
-                f"audio head step: codebook {codebook_idx} requested but the cache holds {cache.get_seq_length()} "
-                "positions; run the positions of a frame in order, with a fresh cache per frame"
+                f"audio head step: codebook {codebook_idx} requested but the cache holds {held} positions; run the "
+                "positions of a frame in order, with a fresh (or reset) cache per frame"
             )
+        return self.forward_position(inputs_embeds, codebook_idx, cache)
+
+    def forward_position(self, inputs_embeds: torch.Tensor, codebook_idx: int, cache: Cache) -> torch.Tensor:
+        """:meth:`step` without the cache-length check (no host synchronisation): the function that the speech
+        loop compiles (one graph per codebook position, see :mod:`.decode_steps`)."""
         hidden_states = inputs_embeds.reshape(-1, 1, inputs_embeds.shape[-1])
         for layer in self.layers:
             hidden_states = layer(hidden_states, cache=cache, position_offset=codebook_idx)
@@ -227,6 +267,8 @@ class BaichuanAudioHead(nn.Module):
         hidden: torch.Tensor,
         audio_embed,
         select: Callable[[int, torch.Tensor], torch.Tensor],
+        cache: Cache | None = None,
+        step: Callable[[torch.Tensor, int, Cache], torch.Tensor] | None = None,
     ) -> tuple[torch.LongTensor, list[torch.Tensor]]:
         """Predict the codes of one frame, codebook by codebook, with a per-frame KV cache.
 
@@ -234,14 +276,22 @@ class BaichuanAudioHead(nn.Module):
             hidden: (N, H) LLM final hidden states.
             audio_embed: the shared LLM audio embeddings.
             select: ``select(codebook_idx, logits) -> (N,) codes``, e.g. argmax or sampling with logits processors.
+            cache: a reusable cache from ``new_cache(static=True, batch_size=N)`` (reset here); default a fresh
+                ``DynamicCache``.
+            step: the per-position function, ``step(inputs, codebook_idx, cache) -> logits``; default :meth:`step`
+                (e.g. a compiled :meth:`forward_position`).
         Returns:
             codes (N, num_codebooks) and the list of raw logits of each codebook.
         """
-        cache = self.new_cache()
+        if cache is None:
+            cache = self.new_cache()
+        else:
+            cache.reset()
+        step = step or self.step
         inputs, prefix_sum = hidden, None
         codes, all_logits = [], []
         for i in range(self.num_codebooks):
-            logits = self.step(inputs, i, cache)
+            logits = step(inputs, i, cache)
             code = select(i, logits)
             codes.append(code)
             all_logits.append(logits)
