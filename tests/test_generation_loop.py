@@ -267,3 +267,45 @@ def test_static_cache_equals_dynamic_cache(model, prompts):
         assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
     with pytest.raises(ValueError, match="cache_implementation"):
         model.generate(ids, cache_implementation="paged", **kwargs)
+
+
+def test_compiled_decoding_equals_eager(model, prompts):
+    """``compile_config`` with a static cache: the single-token LLM steps and the audio head's positions run through
+    ``torch.compile`` (``fullgraph=True``: a graph break fails the test; backend ``eager``: dynamo captures the graphs
+    that inductor would compile and runs them as captured, so the numbers are those of eager mode and the
+    expectation is exact), giving the same tokens and codes as the eager dynamic-cache loop on a 2-row batch."""
+    from transformers import CompileConfig
+
+    from transformers_baichuan_audio.modeling.decode_steps import SpeechDecodeSteps
+
+    rows = [prompts[0][0], prompts[1][0]]
+    ids, mask = _left_pad(rows, model.config.pad_token_id)
+    kwargs = dict(CAPS, output_audio=True, attention_mask=mask, audio_codes=prompts[0][1], speech_mode=["chat", "tts"])
+    eager = model.generate(ids, **kwargs)
+    compile_config = CompileConfig(fullgraph=True, dynamic=False, backend="eager", mode=None)
+    calls = {"llm": 0, "head": 0}
+    original_llm, original_frame = SpeechDecodeSteps.llm, SpeechDecodeSteps.audio_frame
+
+    def count_llm(self, inputs):
+        calls["llm"] += int(self.compiled and inputs["input_ids"].shape[1] == 1)
+        return original_llm(self, inputs)
+
+    def count_frame(self, hidden, select):
+        calls["head"] += int(self.compiled)
+        return original_frame(self, hidden, select)
+
+    torch._dynamo.reset()
+    try:
+        SpeechDecodeSteps.llm, SpeechDecodeSteps.audio_frame = count_llm, count_frame
+        compiled = model.generate(
+            ids, cache_implementation="static", static_cache_max_len=256, compile_config=compile_config, **kwargs
+        )
+    finally:
+        SpeechDecodeSteps.llm, SpeechDecodeSteps.audio_frame = original_llm, original_frame
+    assert calls["llm"] > 10 and calls["head"] > 10  # the compiled path really ran
+    assert torch.equal(eager.sequences, compiled.sequences)
+    for a, b in zip(eager.audio_codes, compiled.audio_codes, strict=True):
+        assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    # Without a static cache the config is ignored (eager, same result).
+    dynamic = model.generate(ids, compile_config=compile_config, **kwargs)
+    assert torch.equal(eager.sequences, dynamic.sequences)

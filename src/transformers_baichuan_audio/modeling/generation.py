@@ -51,6 +51,7 @@ from transformers import GenerationConfig
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.utils import ModelOutput
 
+from .decode_steps import SpeechDecodeSteps, resolve_compile_config
 from .logits_process import (
     IGNORED_ID,
     apply_processors,
@@ -233,6 +234,9 @@ class BaichuanAudioGenerationMixin:
             cache_implementation: ``"dynamic"`` (default) or ``"static"``: a preallocated ``StaticCache`` of fixed
                 shape (for ``torch.compile`` / CUDA graphs on GPUs) of ``static_cache_max_len`` positions (default
                 ``max_position_embeddings``). A ``cache=`` object given by the caller is used as is.
+            compile_config: a ``transformers.CompileConfig``: with a static cache, single-token LLM steps and the
+                audio head's positions run ``torch.compile``-d (see :mod:`.decode_steps`; never implicit, any
+                device); ``disable_compile=True`` turns it off. Also read from ``generation_config``.
             Sampling settings: any key of :data:`SPEECH_GENERATION_DEFAULTS` (``temperature`` ... for the first text
                 segment and "text" rows, ``later_text_*``, ``audio_*``, ``text_segment_max_new_tokens``,
                 ``max_rounds``, ``switch_policy``), read from kwargs, then ``generation_config``, then the defaults.
@@ -243,7 +247,10 @@ class BaichuanAudioGenerationMixin:
             return super().generate(inputs, generation_config=generation_config, **kwargs)
         input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
         config = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
-        with torch.no_grad():
+        wants_compile = kwargs.get("compile_config") is not None or getattr(config, "compile_config", None) is not None
+        # Compiled graphs are guarded on the grad mode, which is per thread: one mode for every compiled call, so that
+        # a call from another thread (a streamer's producer) reuses the graphs instead of compiling them again.
+        with torch.inference_mode() if wants_compile else torch.no_grad():
             return self._generate_speech(input_ids, config, kwargs)
 
     # ------------------------------------------------------------------------------------------------ the loop
@@ -263,6 +270,8 @@ class BaichuanAudioGenerationMixin:
         output_audio_logits = kwargs.pop("output_audio_logits", False)
         cache_implementation = kwargs.pop("cache_implementation", None) or getattr(config, "cache_implementation", None)
         static_cache_max_len = kwargs.pop("static_cache_max_len", None)
+        compile_config = kwargs.pop("compile_config", None) or getattr(config, "compile_config", None)
+        disable_compile = kwargs.pop("disable_compile", None) or getattr(config, "disable_compile", None)
         prefill_inputs = {
             k: kwargs.pop(k, None) for k in ("audio_codes", "input_features", "encoder_length", "bridge_length")
         }
@@ -290,6 +299,8 @@ class BaichuanAudioGenerationMixin:
         rows = _initial_rows(input_ids, attention_mask, cached, modes, tts_chunks, ids, output_audio_logits)
         if cache is None:
             cache = _new_cache(cfg, cache_implementation, static_cache_max_len, device)
+        compile_config = resolve_compile_config(cache, compile_config, disable_compile)
+        steps = SpeechDecodeSteps(self, cache, compile_config, batch_size)
         # Full attention mask over everything fed so far (cached prefix + fed steps).
         mask = attention_mask[:, :cached].clone()
         text_procs = {
@@ -323,15 +334,13 @@ class BaichuanAudioGenerationMixin:
             if step_codes is not None:
                 model_inputs["audio_codes"] = step_codes
             model_inputs.update(input_ids=step_ids, attention_mask=mask, position_ids=position_ids, cache=cache)
-            outputs = self.model(use_cache=True, **model_inputs)  # hidden states only: no LM head on audio steps
-            cache = outputs.cache if outputs.cache is not None else cache
+            hidden = steps.llm(model_inputs)  # hidden states only: no LM head on audio steps
             first_step = False
-            hidden = outputs.last_hidden_state[:, -1]
             # Phases are read before either update: a row switching phase acts on the NEXT step's output.
             text_rows = [r for r, row in enumerate(rows) if row.phase == "text"]
             audio_rows = [r for r, row in enumerate(rows) if row.phase == "audio"]
             self._speech_text_step(rows, text_rows, hidden, text_procs, stops, ids, settings, generator, streamer)
-            self._speech_audio_step(rows, audio_rows, hidden, audio_procs, ids, settings, generator, streamer)
+            self._speech_audio_step(rows, audio_rows, hidden, audio_procs, ids, settings, generator, steps, streamer)
 
         if streamer is not None:
             streamer.end()
@@ -392,7 +401,7 @@ class BaichuanAudioGenerationMixin:
             _start_audio(row, [token, ids.audiogen_start])
 
     # ------------------------------------------------------------------------------------------------ audio rows
-    def _speech_audio_step(self, rows, active, hidden, audio_procs, ids, settings, generator, streamer) -> None:
+    def _speech_audio_step(self, rows, active, hidden, audio_procs, ids, settings, generator, steps, streamer) -> None:
         if not active:
             return
         head_device = self.audio_head.norm.weight.device
@@ -403,7 +412,7 @@ class BaichuanAudioGenerationMixin:
             scores = apply_processors(audio_procs[codebook], histories[:, :, codebook], logits.float())
             return select_tokens(scores, settings.audio_do_sample, generator)
 
-        frames, logits = self.audio_head.decode_frame(hidden[active].to(head_device), self.model.audio_embed, select)
+        frames, logits = steps.audio_frame(hidden[active].to(head_device), select)
         eos_code = self.config.codebook_sizes[0]
         for j, (r, frame) in enumerate(zip(active, frames)):
             row = rows[r]

@@ -1,0 +1,52 @@
+"""The compiled decode path with inductor (``benchmarks/bench_generation.py --compile`` on CPU).
+
+The speech loop's compiled path is checked against the eager loop in ``test_generation_loop.py`` with the ``eager``
+backend (dynamo's graphs, eager numbers). This file runs the real inductor backend with ``freezing``, the CPU
+setting of the benchmark, on the audio head (one small graph per codebook position, the cheapest part to compile): frozen graphs must still
+read and write the static cache of the CURRENT call. (Without the loop's preparation of the caches, inductor bakes
+the first call's cache tensors into the frozen graphs and the second call reads a stale position counter.)
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import CompileConfig, StaticCache
+
+from transformers_baichuan_audio.configuration import BaichuanAudioConfig
+from transformers_baichuan_audio.modeling.audio_head import BaichuanAudioHead
+from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
+from transformers_baichuan_audio.modeling.decode_steps import SpeechDecodeSteps
+
+# Inductor's fused C++ kernels sum in another order than eager's: fp32 roundoff on logits of size ~1.
+INDUCTOR_ATOL = 1e-4
+
+
+def test_frozen_inductor_head_steps_use_each_calls_cache():
+    torch.manual_seed(0)
+    config = BaichuanAudioConfig.tiny()
+    model = BaichuanAudioForConditionalGeneration._from_config(config).eval()
+    # A 3-codebook head (3 graphs to compile instead of 8; the graphs differ only by position).
+    head_config = copy.deepcopy(config.audio_head_config)
+    head_config.codebook_sizes = head_config.codebook_sizes[:3]
+    model.audio_head = head = BaichuanAudioHead(head_config).eval()
+    compile_config = CompileConfig(dynamic=False, mode=None, options={"freezing": True})
+
+    def argmax(_, logits):
+        return logits.argmax(-1)
+
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        for call in range(3):  # three generate calls: a new LLM cache and new head caches each time
+            hidden = torch.randn(2, config.text_config.hidden_size)
+            cache = StaticCache(config=config.get_text_config(), max_cache_len=16)
+            steps = SpeechDecodeSteps(model, cache, compile_config, batch_size=2)
+            for frame in range(2):  # the per-call head cache is reused (reset) frame after frame
+                codes, logits = steps.audio_frame(hidden + frame, argmax)
+                expected_codes, expected_logits = head.decode_frame(hidden + frame, model.model.audio_embed, argmax)
+                assert torch.equal(codes, expected_codes), (call, frame)
+                for got, want in zip(logits, expected_logits, strict=True):
+                    torch.testing.assert_close(got, want, atol=INDUCTOR_ATOL, rtol=0)
+    compiled = head.__dict__["_compiled_forward_position"][1]
+    assert compiled is steps._compiled_head_step  # one compiled function, kept across calls
