@@ -20,9 +20,19 @@ Measured (``--dtype`` fp32 / bf16 for the LLM and the audio head; code2wav runs 
   streaming decoder in the consuming thread), next to the bound ``25 frames x time per frame + one chunk decode``;
 * peak memory (CPU: max RSS; GPU: max allocated).
 
+Decoding paths: ``--cache static`` preallocates the LLM cache (``StaticCache``); ``--compile`` (implies the static
+cache) compiles the single-token LLM steps and the audio head's positions (see
+``transformers_baichuan_audio.modeling.decode_steps``): on CUDA with ``CompileConfig()`` (CUDA graphs), on CPU with
+inductor, frozen weights and its own C++ GEMV (``max_autotune`` with the ``CPP`` GEMM backend). Compilation happens
+in the warm-up call (``warmup_s``); the eager loop's frames/s is measured first in the same process
+(``eager_audio_frames_per_s``, ``speedup_vs_eager``).
+
+The memory bandwidth is measured before and after the generation runs; the larger figure is the roofline.
+
 The last output line is one JSON object with all figures. Example::
 
     python benchmarks/bench_generation.py --size 0.5b --dtype bf16 --frames 40
+    python benchmarks/bench_generation.py --size 0.5b --compile
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import threading
 import time
 
 import torch
+from transformers import CompileConfig
 
 from transformers_baichuan_audio.configuration import BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
@@ -87,8 +98,9 @@ def sync(device: str) -> None:
 
 def measure_gemv_bandwidth(device: str, dtype: torch.dtype, gib: float) -> float:
     """Bytes/s of weights streamed by batch-1 matrix-vector products (a stack of 896x4864 matrices, LLM-MLP sized,
-    together ``gib`` GiB so nothing stays in cache): what decode can reach with these kernels, next to the ``sum``
-    bandwidth of :func:`measure_bandwidth`."""
+    together ``gib`` GiB so nothing stays in cache): what eager decode can reach with torch's own kernels (MKL runs
+    this GEMV on one thread), next to the ``sum`` bandwidth of :func:`measure_bandwidth`. The compiled path uses
+    inductor's GEMV instead and can exceed it."""
     rows, cols = 4864, 896
     count = max(1, int(gib * 2**30) // (rows * cols * torch.finfo(dtype).bits // 8))
     weights = [torch.randn(rows, cols, device=device).to(dtype) for _ in range(count)]
@@ -169,7 +181,7 @@ def prompt_ids(config, length: int, device: str, audiogen: bool) -> torch.Tensor
 def bench_text(model, config, device, prompt_len, tokens) -> dict:
     streamer = TimingStreamer()
     ids = prompt_ids(config, prompt_len, device, audiogen=False)
-    kwargs = dict(output_audio=True, speech_mode="text", do_sample=False, repetition_penalty=1.0)
+    kwargs = dict(output_audio=True, speech_mode="text", do_sample=False, repetition_penalty=1.0, **DECODE_KWARGS)
     t0 = time.perf_counter()
     model.generate(ids, max_new_tokens=tokens, eos_token_id=[-1], streamer=streamer, **kwargs)
     total = time.perf_counter() - t0
@@ -181,8 +193,22 @@ def bench_text(model, config, device, prompt_len, tokens) -> dict:
     }
 
 
+#: Decoding-path arguments of every generate call (set in main from --cache / --compile).
+DECODE_KWARGS: dict = {}
+
+
+def compile_config_for(device: str) -> CompileConfig:
+    """CUDA: transformers' default (``mode="reduce-overhead"``: CUDA graphs). CPU: inductor with frozen weights and
+    its C++ GEMM template (multi-threaded GEMV; MKL's batch-1 GEMV runs on one thread)."""
+    if device.startswith("cuda"):
+        return CompileConfig(dynamic=False)
+    options = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+    return CompileConfig(dynamic=False, mode=None, options=options)
+
+
 def tts_kwargs(frames: int) -> dict:
     return dict(
+        **DECODE_KWARGS,
         output_audio=True,
         speech_mode="tts",
         do_sample=False,
@@ -217,7 +243,12 @@ def bench_first_audio(model, config, device, prompt_len, frames) -> dict:
     streamer = BaichuanAudioStreamer(code2wav=model.code2wav, timeout=3600)
     result: dict = {}
     t0 = time.perf_counter()
-    thread = threading.Thread(target=lambda: model.generate(ids, streamer=streamer, **tts_kwargs(frames)))
+
+    def produce():
+        with torch.inference_mode():  # as the caller (grad mode is per thread; compiled graphs are guarded on it)
+            model.generate(ids, streamer=streamer, **tts_kwargs(frames))
+
+    thread = threading.Thread(target=produce)
     thread.start()
     samples = 0
     for event in streamer:
@@ -268,7 +299,14 @@ def main() -> None:
     parser.add_argument("--bandwidth-gib", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--no-first-audio", action="store_true", help="skip the streamed time-to-first-audio run")
+    parser.add_argument("--cache", choices=["dynamic", "static"], default="dynamic", help="LLM KV cache")
+    parser.add_argument("--static-len", type=int, default=512, help="static cache length (positions)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decode steps (static cache)")
     args = parser.parse_args()
+    if args.compile or args.cache == "static":
+        DECODE_KWARGS.update(cache_implementation="static", static_cache_max_len=args.static_len)
+    if args.compile:
+        DECODE_KWARGS["compile_config"] = compile_config_for(args.device)
     if args.size == "real" and not args.device.startswith("cuda"):
         raise SystemExit("--size real needs a GPU")
     cpu = not args.device.startswith("cuda")
@@ -290,13 +328,28 @@ def main() -> None:
     print(f"gemv weight bandwidth: {gemv_bandwidth / 1e9:.1f} GB/s")
 
     with torch.inference_mode():
-        model.generate(prompt_ids(config, 8, args.device, True), **tts_kwargs(3))  # warm-up
+        baseline = {}
+        if args.compile:  # the eager loop (dynamic cache), same process, as the baseline of the compiled one
+            decode_kwargs = dict(DECODE_KWARGS)
+            DECODE_KWARGS.clear()
+            model.generate(prompt_ids(config, 8, args.device, True), **tts_kwargs(3))
+            eager = bench_audio(model, config, args.device, args.prompt_len, frames)
+            DECODE_KWARGS.update(decode_kwargs)
+            baseline = {"eager_audio_frames_per_s": eager["audio_frames_per_s"]}
+            print(f"eager baseline: {eager['audio_frames_per_s']:.2f} frames/s")
+        t = time.perf_counter()
+        model.generate(prompt_ids(config, 8, args.device, True), **tts_kwargs(3))  # warm-up (and compilation)
+        warmup_s = time.perf_counter() - t
+        print(f"warm-up{' (compilation)' if args.compile else ''}: {warmup_s:.1f} s")
         text = bench_text(model, config, args.device, args.prompt_len, tokens)
         print(f"text: {text['text_tokens_per_s']:.2f} tokens/s")
         audio = bench_audio(model, config, args.device, args.prompt_len, frames)
         print(f"audio: {audio['audio_frames_per_s']:.2f} frames/s, RTF {audio['rtf']:.3f}")
         first = {} if args.no_first_audio else bench_first_audio(model, config, args.device, args.prompt_len, frames)
 
+    bandwidth_after = measure_bandwidth(args.device, args.bandwidth_gib)
+    print(f"memory bandwidth after the runs: {bandwidth_after / 1e9:.1f} GB/s")
+    bandwidth = max(bandwidth, bandwidth_after)
     bytes_per_frame = weight_bytes_per_frame(model)
     achieved = bytes_per_frame / audio["audio_time_per_frame_s"]
     result = {
@@ -304,6 +357,9 @@ def main() -> None:
         "dtype": args.dtype,
         "device": torch.cuda.get_device_name() if not cpu else f"cpu x{torch.get_num_threads()} threads",
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "cache": DECODE_KWARGS.get("cache_implementation", "dynamic"),
+        "compiled": args.compile,
+        "warmup_s": warmup_s,
         **text,
         **audio,
         "weight_bytes_per_frame": bytes_per_frame,
@@ -316,6 +372,8 @@ def main() -> None:
         **first,
         "peak_memory_gib": peak_memory(args.device),
     }
+    if baseline:
+        result.update(baseline, speedup_vs_eager=audio["audio_frames_per_s"] / baseline["eager_audio_frames_per_s"])
     if first.get("time_to_first_audio_chunk_s") is not None:
         bound = first["frames_per_decoder_chunk"] * audio["audio_time_per_frame_s"] + first["chunk_decode_s"]
         result["first_audio_bound_s"] = bound
