@@ -43,7 +43,8 @@ def test_frozen_inductor_head_steps_use_each_calls_cache():
             cache = StaticCache(config=config.get_text_config(), max_cache_len=16)
             steps = SpeechDecodeSteps(model, cache, compile_config, batch_size=2)
             for frame in range(2):  # the per-call head cache is reused (reset) frame after frame
-                codes, logits = steps.audio_frame(hidden + frame, argmax)
+                with steps.settings():  # as the loop does: inductor's freezing active while tracing
+                    codes, logits = steps.audio_frame(hidden + frame, argmax)
                 expected_codes, expected_logits = head.decode_frame(hidden + frame, model.model.audio_embed, argmax)
                 assert torch.equal(codes, expected_codes), (call, frame)
                 for got, want in zip(logits, expected_logits, strict=True):

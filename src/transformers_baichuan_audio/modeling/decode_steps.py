@@ -113,10 +113,13 @@ class SpeechDecodeSteps:
     def compiled(self) -> bool:
         return self.compile_config is not None
 
-    def _limits(self) -> contextlib.ExitStack:
-        """Settings active while a compiled function runs (and compiles): dynamo's recompile limit and, for
-        inductor, the config's ``options`` (dynamo already reads some of them, e.g. ``freezing``, while tracing;
-        ``torch.compile(options=...)`` only applies them inside the backend)."""
+    def settings(self) -> contextlib.AbstractContextManager:
+        """Enter once around the whole loop (not per step): while compiled functions run (and compile), dynamo's
+        recompile limit and, for inductor, the config's ``options`` (dynamo already reads some of them, e.g.
+        ``freezing``, while tracing; ``torch.compile(options=...)`` only applies them inside the backend). Eager: a
+        no-op."""
+        if not self.compiled:
+            return contextlib.nullcontext()
         stack = contextlib.ExitStack()
         stack.enter_context(torch._dynamo.config.patch(recompile_limit=self._recompile_limit))
         if self.compile_config.backend == "inductor" and self.compile_config.options:
@@ -133,15 +136,14 @@ class SpeechDecodeSteps:
         static_mask = mask.new_zeros(mask.shape[0], self._static_len)
         static_mask[:, : mask.shape[1]] = mask
         inputs_embeds = self.model.model.embed_inputs(input_ids, model_inputs.get("audio_codes"))
-        with self._limits():
-            outputs = self._compiled_llm(
-                inputs_embeds=inputs_embeds,
-                attention_mask=static_mask,
-                # A fresh dense tensor: a slice of the cumsum has a stride that changes every step (a recompile).
-                position_ids=model_inputs["position_ids"].clone(memory_format=torch.contiguous_format),
-                cache=model_inputs["cache"],
-                use_cache=True,
-            )
+        outputs = self._compiled_llm(
+            inputs_embeds=inputs_embeds,
+            attention_mask=static_mask,
+            # A fresh dense tensor: a slice of the cumsum has a stride that changes every step (a recompile).
+            position_ids=model_inputs["position_ids"].clone(memory_format=torch.contiguous_format),
+            cache=model_inputs["cache"],
+            use_cache=True,
+        )
         return outputs.last_hidden_state[:, -1]
 
     def audio_frame(
@@ -155,10 +157,9 @@ class SpeechDecodeSteps:
         rows = hidden.shape[0]
         if rows not in self._head_caches:
             self._head_caches[rows] = self._prepare_cache(head.new_cache(static=True, batch_size=rows))
-        with self._limits():
-            return head.decode_frame(
-                hidden, audio_embed, select, cache=self._head_caches[rows], step=self._compiled_head_step
-            )
+        return head.decode_frame(
+            hidden, audio_embed, select, cache=self._head_caches[rows], step=self._compiled_head_step
+        )
 
 
 __all__ = ["SpeechDecodeSteps", "compiled_function", "resolve_compile_config"]

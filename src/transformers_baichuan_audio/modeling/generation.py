@@ -326,21 +326,24 @@ class BaichuanAudioGenerationMixin:
         )
         stops = _StopChecker(tokenizer, settings)
         first_step = True
-        while any(row.phase != "done" for row in rows):
-            step_ids, step_mask, step_codes = _build_step(rows, ids, device)
-            mask = torch.cat([mask, step_mask], dim=1)
-            position_ids = mask.cumsum(-1)[:, -step_ids.shape[1] :]
-            model_inputs = dict(prefill_inputs) if first_step else {}
-            if step_codes is not None:
-                model_inputs["audio_codes"] = step_codes
-            model_inputs.update(input_ids=step_ids, attention_mask=mask, position_ids=position_ids, cache=cache)
-            hidden = steps.llm(model_inputs)  # hidden states only: no LM head on audio steps
-            first_step = False
-            # Phases are read before either update: a row switching phase acts on the NEXT step's output.
-            text_rows = [r for r, row in enumerate(rows) if row.phase == "text"]
-            audio_rows = [r for r, row in enumerate(rows) if row.phase == "audio"]
-            self._speech_text_step(rows, text_rows, hidden, text_procs, stops, ids, settings, generator, streamer)
-            self._speech_audio_step(rows, audio_rows, hidden, audio_procs, ids, settings, generator, steps, streamer)
+        with steps.settings():
+            while any(row.phase != "done" for row in rows):
+                step_ids, step_mask, step_codes = _build_step(rows, ids, device)
+                mask = torch.cat([mask, step_mask], dim=1)
+                position_ids = mask.cumsum(-1)[:, -step_ids.shape[1] :]
+                model_inputs = dict(prefill_inputs) if first_step else {}
+                if step_codes is not None:
+                    model_inputs["audio_codes"] = step_codes
+                model_inputs.update(input_ids=step_ids, attention_mask=mask, position_ids=position_ids, cache=cache)
+                hidden = steps.llm(model_inputs)  # hidden states only: no LM head on audio steps
+                first_step = False
+                # Phases are read before either update: a row switching phase acts on the NEXT step's output.
+                text_rows = [r for r, row in enumerate(rows) if row.phase == "text"]
+                audio_rows = [r for r, row in enumerate(rows) if row.phase == "audio"]
+                self._speech_text_step(rows, text_rows, hidden, text_procs, stops, ids, settings, generator, streamer)
+                self._speech_audio_step(
+                    rows, audio_rows, hidden, audio_procs, ids, settings, generator, steps, streamer
+                )
 
         if streamer is not None:
             streamer.end()
