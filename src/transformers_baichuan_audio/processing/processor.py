@@ -63,12 +63,6 @@ import numpy as np
 import torch
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
-from transformers.utils.chat_template_utils import (
-    _CONTROL_TOKEN_END,
-    _CONTROL_TOKEN_START,
-    _get_control_token_patterns,
-    mark_control_tokens,
-)
 
 from ..modeling.baichuan_audio import fill_audio_codes  # re-exported: merging codes with encoded features
 
@@ -108,15 +102,40 @@ INPUT_SAMPLING_RATE = 16000
 OUTPUT_SAMPLING_RATE = 24000
 
 _CHAT_TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
-_MARKERS = _CONTROL_TOKEN_START + _CONTROL_TOKEN_END
+#: Sanitize markers: private-use code points wrapped around every added-token string found in untrusted text, so
+#: that ``__call__`` encodes that string as plain text (our own escaping, built on the tokenizer's public list of
+#: added tokens; the same code points as transformers' chat sanitizer).
+ESCAPE_START = "\U000f0000"
+ESCAPE_END = "\U000f0001"
+_MARKERS = ESCAPE_START + ESCAPE_END
 # An audio block: start tag, content without another start tag, matching end tag. A tag written right after a
 # sanitize marker comes from user text and never opens a block.
 _BLOCK_RE = re.compile(
-    rf"(?<!{_CONTROL_TOKEN_START})(?P<tag>{re.escape(AUDIO_START_TOKEN)}|{re.escape(AUDIOGEN_START_TOKEN)})"
+    rf"(?<!{ESCAPE_START})(?P<tag>{re.escape(AUDIO_START_TOKEN)}|{re.escape(AUDIOGEN_START_TOKEN)})"
     rf"(?P<inner>(?:(?!{re.escape(AUDIO_START_TOKEN)}|{re.escape(AUDIOGEN_START_TOKEN)}).)*?)"
-    rf"(?<!{_CONTROL_TOKEN_START})(?P<end>{re.escape(AUDIO_END_TOKEN)}|{re.escape(AUDIOGEN_END_TOKEN)})",
+    rf"(?<!{ESCAPE_START})(?P<end>{re.escape(AUDIO_END_TOKEN)}|{re.escape(AUDIOGEN_END_TOKEN)})",
     re.S,
 )
+
+
+def added_tokens_pattern(tokens) -> re.Pattern:
+    """Regex matching any of ``tokens`` (added-token strings), longest first so that a token wins over the tokens it
+    contains; matches nothing when there are none."""
+    return re.compile("|".join(map(re.escape, sorted(tokens, key=len, reverse=True))) or "(?!)")
+
+
+def escape_added_tokens(obj: Any, tokens_re: re.Pattern) -> Any:
+    """Wrap every match of ``tokens_re`` in the strings of ``obj`` (a string, or dicts / lists of them, e.g.
+    messages; dict keys are left alone) in :data:`ESCAPE_START` / :data:`ESCAPE_END`. Markers already in a string
+    are dropped first, so user text cannot forge an escaped token."""
+    if isinstance(obj, str):
+        obj = obj.replace(ESCAPE_START, "").replace(ESCAPE_END, "")
+        return tokens_re.sub(ESCAPE_START + r"\g<0>" + ESCAPE_END, obj)
+    if isinstance(obj, dict):
+        return {key: escape_added_tokens(value, tokens_re) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [escape_added_tokens(value, tokens_re) for value in obj]
+    return obj
 
 
 def default_chat_template() -> str:
@@ -202,11 +221,11 @@ class BaichuanAudioProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "input_features", "encoder_length", "bridge_length", "audio_codes"]
 
     def _control_tokens_re(self) -> re.Pattern:
-        return _get_control_token_patterns(tuple(self.tokenizer.added_tokens_encoder))[0]
+        return added_tokens_pattern(self.tokenizer.added_tokens_encoder)
 
     def escape_text(self, text: str) -> str:
         """Mark every special-token string in ``text`` so that :meth:`__call__` encodes it as plain text."""
-        return mark_control_tokens(text, self._control_tokens_re())
+        return escape_added_tokens(text, self._control_tokens_re())
 
     # ----------------------------------------------------------------- prompts
     def asr_prompt(self) -> str:
@@ -269,8 +288,8 @@ class BaichuanAudioProcessor(ProcessorMixin):
                 # Mark every added-token string of the user's strings ourselves (all 59 added tokens, also the
                 # non-special ones the tokenizer's own sanitizer leaves alone); __call__ encodes them as plain text.
                 control_re = self._control_tokens_re()
-                conversations = [mark_control_tokens(c, control_re) for c in conversations]
-                kwargs = {k: mark_control_tokens(v, control_re) if isinstance(v, str) else v for k, v in kwargs.items()}
+                conversations = [escape_added_tokens(c, control_re) for c in conversations]
+                kwargs = {k: escape_added_tokens(v, control_re) if isinstance(v, str) else v for k, v in kwargs.items()}
             conversation = conversations if is_batched else conversations[0]
             codes, assistant_waves = [], 0
             for conv in conversations:
@@ -484,7 +503,8 @@ class BaichuanAudioProcessor(ProcessorMixin):
         if not piece:
             return ids, offsets
         if any(ch in piece for ch in _MARKERS):
-            markers_re = _get_control_token_patterns(tuple(self.tokenizer.added_tokens_encoder))[1]
+            tokens = self._control_tokens_re().pattern
+            markers_re = re.compile(f"{ESCAPE_START}({tokens}){ESCAPE_END}|[{_MARKERS}]")
             pos = 0
             for i, part in enumerate(markers_re.split(piece)):  # [text, marked token or None, text, ...]
                 if not part:
