@@ -6,7 +6,7 @@ What the original (``OmniAudioProcessor`` / ``OmniMMProcessor._get_audio``) does
    ``resample(..., lowpass_filter_width=128)``, re-implemented in :func:`resample`), average the channels;
 2. split clips longer than ``max_audio_seconds`` into non-overlapping pieces (:func:`split_waveform`); pieces shorter
    than ``n_fft`` samples are dropped, and so are pieces too short to give one code frame (``bridge_length == 0``);
-3. per piece: zero-pad to 30 s, Whisper log-mel (``WhisperFeatureExtractor._torch_extract_fbank_features``: STFT
+3. per piece: zero-pad to 30 s, Whisper log-mel (:meth:`BaichuanAudioFeatureExtractor.whisper_log_mel`: STFT
    n_fft 400 / hop 160 / Hann, last frame dropped, power, 128 Slaney mel filters, ``log10(max(x, 1e-10))``, floor at
    ``max - 8``, ``(x + 4) / 4``), then truncate to ``valid = min(3000, samples // 160 + 1)`` frames;
 4. lengths: ``encoder_length = (valid - 1) // 2 + 1`` (conv stem), ``bridge_length = encoder_length // 4`` (= number of
@@ -372,10 +372,26 @@ class BaichuanAudioFeatureExtractor(WhisperFeatureExtractor):
             padded = np.zeros((1, n), dtype=np.float32)
             m = min(n, piece.shape[-1])
             padded[0, :m] = piece[:m]
-            spec = self._torch_extract_fbank_features(padded, "cpu")[0]
+            spec = self.whisper_log_mel(torch.from_numpy(padded))[0].numpy()
             frames = mel_frames(piece.shape[-1], self.sampling_rate, self.max_audio_seconds, self.hop_length)
             out.append(np.ascontiguousarray(spec[:, :frames]))
         return out
+
+    def whisper_log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Whisper's log-mel of a (batch, samples) float32 waveform -> (batch, feature_size, samples // hop): power
+        STFT (Hann window, centred, last frame dropped), mel filters, log10 floored at 1e-10, per-row floor at the
+        maximum - 8, then ``(x + 4) / 4`` (the computation of ``WhisperFeatureExtractor``'s torch path, on public
+        torch calls)."""
+        waveform = waveform.to(torch.float32)
+        if self.dither != 0.0:
+            waveform = waveform + self.dither * torch.randn(waveform.shape, dtype=waveform.dtype)
+        window = torch.hann_window(self.n_fft, device=waveform.device)
+        stft = torch.stft(waveform, self.n_fft, self.hop_length, window=window, return_complex=True)
+        magnitudes = (stft[..., :-1].abs() ** 2).contiguous()
+        mel_filters = torch.from_numpy(self.mel_filters).to(waveform.device, torch.float32)
+        log_spec = torch.clamp(mel_filters.T @ magnitudes, min=1e-10).log10()
+        max_val = log_spec.amax(dim=(1, 2), keepdim=True)
+        return (torch.maximum(log_spec, max_val - 8.0) + 4.0) / 4.0
 
     def __call__(
         self,
