@@ -76,21 +76,67 @@ def test_ids_are_not_hard_coded(reference_fixture):
 @pytest.mark.parametrize(
     "patch, message",
     [
-        ({"use_norm_head": True}, "use_norm_head"),
-        ({"attention_qkv_bias": False}, "attention_qkv_bias"),
         ({"model_type": "llama"}, "omni"),
         ({"position_embedding_type": "alibi"}, "rope"),
+        ({"sparse_attention_layers": [1]}, "sparse_attention_layers"),
+        ({"rope_theta": None}, "rotary_emb_base"),
+        ({"hidden_size": 192}, "hidden_size % 128"),  # the original asserts it in its depth transformer
+        ({"num_key_value_heads": 3}, "multiple of num_key_value_heads"),
+        ({"head_dim": 33}, "odd"),
     ],
 )
 def test_unsupported_originals_fail_loudly(reference_fixture, patch, message):
     original = copy.deepcopy(reference_fixture.config)
     original.update(patch)
+    if original["rope_theta"] is None:
+        del original["rope_theta"]
     with pytest.raises(ConversionError, match=message):
+        config_from_original(original)
+
+
+def test_encoder_kernel_the_original_cannot_run_fails_loudly(reference_fixture):
+    original = copy.deepcopy(reference_fixture.config)
+    original["audio_config"]["kernel_size"] = 5  # convs padded by 1, lengths by kernel // 2: the original breaks
+    with pytest.raises(ConversionError, match="kernel_size=5"):
         config_from_original(original)
 
 
 def test_missing_field_is_named(reference_fixture):
     original = copy.deepcopy(reference_fixture.config)
-    del original["audio_config"]["d_model"]
-    with pytest.raises(ConversionError, match="audio_config.d_model"):
+    del original["audio_config"]["avg_pooler"]  # not a WhisperConfig field: the original fails without it
+    with pytest.raises(ConversionError, match="audio_config.avg_pooler"):
         config_from_original(original)
+
+
+def test_absent_fields_take_the_original_defaults(reference_fixture):
+    """OmniConfig's / WhisperConfig's keyword defaults, not the released model's values."""
+    original = copy.deepcopy(reference_fixture.config)
+    for key in ("max_position_embeddings", "num_key_value_heads", "head_dim", "rms_norm_eps"):
+        del original[key]
+    for key in ("encoder_ffn_dim", "num_mel_bins"):
+        del original["audio_config"][key]
+    original["rotary_emb_base"] = 12345.0  # OmniConfig.get_rotary_base prefers it over rope_theta
+    cfg = config_from_original(original)
+    text = cfg.text_config
+    assert text.max_position_embeddings == 4096
+    assert text.num_key_value_heads == original["num_attention_heads"]
+    assert text.head_dim == original["hidden_size"] // original["num_attention_heads"]
+    assert text.rope_parameters["rope_theta"] == 12345.0
+    tok = cfg.audio_tokenizer_config
+    assert (tok.encoder_ffn_dim, tok.num_mel_bins) == (1536, 80)
+
+
+def test_inconsistent_original_is_a_conversion_error(reference_fixture):
+    original = copy.deepcopy(reference_fixture.config)
+    original["flow_matching_config"]["prenet_in_dim"] += 1  # the prenet reads the decoder's d_model features
+    with pytest.raises(ConversionError, match="prenet_in_dim"):
+        config_from_original(original)
+
+
+def test_explicit_head_dim_is_carried(reference_fixture):
+    """heads * head_dim != hidden_size (Qwen3-style): read, never derived."""
+    original = copy.deepcopy(reference_fixture.config)
+    original.update(hidden_size=256, num_attention_heads=6, num_key_value_heads=2, head_dim=48)
+    cfg = config_from_original(original)
+    assert cfg.text_config.head_dim == 48
+    assert cfg.text_config.num_attention_heads * cfg.text_config.head_dim == 288

@@ -1,14 +1,20 @@
 """Translate an ORIGINAL Baichuan-Audio ``config.json`` (model_type ``omni``) into :class:`BaichuanAudioConfig`.
 
 Every size is read from the original file; the special-token ids come from the original ``audio_config`` and the
-tokenizer (``<B_SYS>``, ``<C_Q>``, ``<C_A>``, ``<|endoftext|>``), never from constants. Unsupported variants (a norm
-head, no qkv bias, an ALiBi LLM) fail loudly rather than convert silently into a different model.
+tokenizer (``<B_SYS>``, ``<C_Q>``, ``<C_A>``, ``<|endoftext|>``), never from constants. Absent fields take the
+ORIGINAL code's defaults (``OmniConfig``'s keyword defaults, ``WhisperConfig``'s for the audio encoder / decoder),
+not the released model's; fields the original cannot run without are required. LLM variants the original accepts are
+converted exactly (an explicit ``head_dim`` with ``heads * head_dim != hidden_size``, separate or packed q/k/v, no
+q/k/v biases, a ``NormHead``, tied embeddings, ``rotary_emb_base``); what Qwen2 cannot express (ALiBi, sparse
+attention layers) and what the original itself cannot run fail loudly rather than convert into a different model.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from huggingface_hub.errors import StrictDataclassError
 
 from ..configuration import TOKEN_ID_FIELDS, BaichuanAudioConfig, BaichuanAudioVocoderConfig
 
@@ -49,6 +55,137 @@ def _require(mapping: dict, key: str, where: str):
     return mapping[key]
 
 
+#: ``WhisperConfig`` defaults: the original builds ``WhisperConfig(**audio_config)`` (and the legacy post-net's
+#: ``WhisperConfig(**vocoder_config)``), so absent Whisper fields take these values.
+WHISPER_DEFAULTS = {
+    "num_mel_bins": 80,
+    "d_model": 384,
+    "encoder_layers": 4,
+    "encoder_attention_heads": 6,
+    "encoder_ffn_dim": 1536,
+    "decoder_layers": 4,
+    "decoder_attention_heads": 6,
+    "decoder_ffn_dim": 1536,
+    "activation_function": "gelu",
+    "scale_embedding": False,
+}
+#: Fields the original reads from ``audio_config`` that ``WhisperConfig`` does not define: without them the original
+#: fails at construction, so they are required here too.
+ORIGINAL_AUDIO_REQUIRED = (
+    "kernel_size",
+    "stride_size",
+    "avg_pooler",
+    "max_audio_seconds",
+    "sampling_rate",
+    "hop_length",
+    "decoder_kernel_size",
+    "decoder_stride_size",
+    "audio_head_transformer_layers",
+)
+#: Read by the original processor only (front end, long-audio splitting); the released values when absent.
+ORIGINAL_AUDIO_OPTIONAL = {"n_fft": 400, "split_overlap": 0.0}
+
+
+def _audio_settings(audio: dict) -> dict:
+    """The original audio encoder / decoder / head settings with the original's defaults and requirements."""
+    settings = {key: audio.get(key, default) for key, default in WHISPER_DEFAULTS.items()}
+    settings.update({key: audio.get(key, default) for key, default in ORIGINAL_AUDIO_OPTIONAL.items()})
+    for key in ORIGINAL_AUDIO_REQUIRED:
+        settings[key] = _require(audio, key, "audio_config.")
+    settings["split_overlap"] = float(settings["split_overlap"])
+    settings["scale_embedding"] = bool(settings["scale_embedding"])
+    vq = _require(audio, "vq_config", "audio_config.")
+    settings["codebook_sizes"] = [int(n) for n in _require(vq, "codebook_sizes", "audio_config.vq_config.")]
+    # The original encoder's convolutions are padded by 1 while its length formula pads by kernel_size // 2: the two
+    # agree (and the original runs) only for kernel sizes 2 and 3.
+    if settings["kernel_size"] // 2 != 1:
+        raise ConversionError(
+            f"original audio_config.kernel_size={settings['kernel_size']}: the original encoder pads its convolutions "
+            "by 1 but computes lengths with kernel_size // 2, so only kernel sizes 2 and 3 run"
+        )
+    return settings
+
+
+#: ``OmniConfig`` defaults of the original code for absent LLM fields (its constructor's keyword defaults).
+ORIGINAL_LLM_DEFAULTS = {
+    "vocab_size": 125696,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": None,  # -> num_attention_heads
+    "head_dim": None,  # -> hidden_size // num_attention_heads
+    "attention_qkv_pack": True,
+    "attention_qkv_bias": False,
+    "use_norm_head": True,
+    "hidden_act": "silu",
+    "max_position_embeddings": 4096,
+    "position_embedding_type": "rope",
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "sparse_attention_layers": [],
+}
+
+
+def original_llm_settings(original: dict) -> dict:
+    """The original LLM's effective settings: the config's values, the original's defaults for absent ones."""
+    llm = {key: original.get(key, default) for key, default in ORIGINAL_LLM_DEFAULTS.items()}
+    llm["num_key_value_heads"] = llm["num_key_value_heads"] or llm["num_attention_heads"]
+    llm["head_dim"] = llm["head_dim"] or llm["hidden_size"] // llm["num_attention_heads"]
+    # ``OmniConfig.get_rotary_base``: ``rotary_emb_base`` wins over ``rope_theta``; the original fails without both.
+    llm["rope_theta"] = original.get("rotary_emb_base", original.get("rope_theta"))
+    return llm
+
+
+def _text_config_from_original(original: dict) -> dict:
+    """The Qwen2 ``text_config`` of the original LLM; refuses what Qwen2 cannot express exactly."""
+    llm = original_llm_settings(original)
+    if str(llm["position_embedding_type"]).lower() != "rope":
+        raise ConversionError(
+            f"original config: position_embedding_type={llm['position_embedding_type']!r} (ALiBi) is not supported; "
+            "only 'rope' LLMs convert to Qwen2"
+        )
+    if llm["rope_theta"] is None:
+        raise ConversionError(
+            "original config: neither `rope_theta` nor `rotary_emb_base` is set (the original needs one)"
+        )
+    if llm["sparse_attention_layers"]:
+        raise ConversionError(
+            f"original config: sparse_attention_layers={llm['sparse_attention_layers']} (layers with another head "
+            "count) is not supported"
+        )
+    heads, kv_heads = llm["num_attention_heads"], llm["num_key_value_heads"]
+    if heads % kv_heads != 0:
+        raise ConversionError(
+            f"original config: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+        )
+    if llm["head_dim"] % 2 != 0:
+        raise ConversionError(
+            f"original config: head_dim {llm['head_dim']} is odd (rotary embeddings need an even width)"
+        )
+    return {
+        "model_type": "qwen2",
+        "vocab_size": llm["vocab_size"],
+        "hidden_size": llm["hidden_size"],
+        "intermediate_size": llm["intermediate_size"],
+        "num_hidden_layers": llm["num_hidden_layers"],
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        # Read, never derived: the query width heads * head_dim may differ from hidden_size (as in Qwen3-style
+        # configs); Qwen2 honours an explicit ``head_dim`` for q/k/v, o_proj, the rotary width and the 1/sqrt scale.
+        "head_dim": llm["head_dim"],
+        "hidden_act": llm["hidden_act"],
+        "max_position_embeddings": llm["max_position_embeddings"],
+        "rms_norm_eps": float(llm["rms_norm_eps"]),
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(llm["rope_theta"])},
+        "tie_word_embeddings": False,  # a tied original gets its embedding copied into lm_head by the converter
+        "use_sliding_window": False,
+        "max_window_layers": original.get("max_window_layers", llm["num_hidden_layers"]),
+        "initializer_range": llm["initializer_range"],
+    }
+
+
 def config_from_original(
     original: dict,
     *,
@@ -67,64 +204,27 @@ def config_from_original(
     """
     if original.get("model_type") not in ("omni", None):
         raise ConversionError(f"expected an original `omni` config, got model_type={original.get('model_type')!r}")
-    if original.get("use_norm_head", False):
-        raise ConversionError("original config: use_norm_head=true (a NormHead LM head) is not supported")
-    if original.get("position_embedding_type", "rope") != "rope":
-        raise ConversionError("original config: only position_embedding_type='rope' is supported")
-    if not original.get("attention_qkv_bias", True):
-        raise ConversionError("original config: attention_qkv_bias=false is not supported (Qwen2 has q/k/v biases)")
-    if original.get("tie_word_embeddings", False):
-        raise ConversionError("original config: tied word embeddings are not supported")
+    text_config = _text_config_from_original(original)
+    hidden = text_config["hidden_size"]
 
-    hidden = _require(original, "hidden_size", "")
-    heads = _require(original, "num_attention_heads", "")
-    head_dim = original.get("head_dim") or hidden // heads
-    if head_dim * heads != hidden:
-        raise ConversionError(f"original config: head_dim {head_dim} x {heads} heads != hidden_size {hidden}")
-    text_config = {
-        "model_type": "qwen2",
-        "vocab_size": _require(original, "vocab_size", ""),
-        "hidden_size": hidden,
-        "intermediate_size": _require(original, "intermediate_size", ""),
-        "num_hidden_layers": _require(original, "num_hidden_layers", ""),
-        "num_attention_heads": heads,
-        "num_key_value_heads": original.get("num_key_value_heads", heads),
-        "hidden_act": original.get("hidden_act", "silu"),
-        "max_position_embeddings": original.get("max_position_embeddings", 8192),
-        "rms_norm_eps": float(original.get("rms_norm_eps", 1e-6)),
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(original.get("rope_theta", 1e6))},
-        "tie_word_embeddings": False,
-        "use_sliding_window": False,
-        "max_window_layers": original.get("max_window_layers", original["num_hidden_layers"]),
-        "initializer_range": original.get("initializer_range", 0.02),
-    }
-
-    audio = _require(original, "audio_config", "")
-    vq = _require(audio, "vq_config", "audio_config.")
-    codebook_sizes = list(_require(vq, "codebook_sizes", "audio_config.vq_config."))
+    audio_config = _require(original, "audio_config", "")
+    audio = _audio_settings(audio_config)
+    codebook_sizes = audio["codebook_sizes"]
     tokenizer_config = {
-        "num_mel_bins": audio.get("num_mel_bins", 128),
-        "sampling_rate": audio.get("sampling_rate", 16000),
-        "hop_length": audio.get("hop_length", 160),
-        "n_fft": audio.get("n_fft", 400),
-        "max_audio_seconds": audio.get("max_audio_seconds", 30),
-        "split_overlap": float(audio.get("split_overlap", 0.0)),
-        "d_model": _require(audio, "d_model", "audio_config."),
-        "encoder_layers": _require(audio, "encoder_layers", "audio_config."),
-        "encoder_attention_heads": _require(audio, "encoder_attention_heads", "audio_config."),
-        "encoder_ffn_dim": _require(audio, "encoder_ffn_dim", "audio_config."),
-        "activation_function": audio.get("activation_function", "gelu"),
-        "kernel_size": audio.get("kernel_size", 3),
-        "stride_size": audio.get("stride_size", 2),
-        "scale_embedding": bool(audio.get("scale_embedding", False)),
-        "avg_pooler": audio.get("avg_pooler", 4),
-        "codebook_sizes": codebook_sizes,
-    }
+        key: audio[key]
+        for key in (
+            "num_mel_bins", "sampling_rate", "hop_length", "n_fft", "max_audio_seconds", "split_overlap", "d_model",
+            "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "activation_function", "kernel_size",
+            "stride_size", "scale_embedding", "avg_pooler", "codebook_sizes",
+        )
+    }  # fmt: skip
+    # The original depth transformer: ``nn.MultiheadAttention(hidden, hidden // 128 heads)`` after
+    # ``assert hidden % 128 == 0``, and per-position FFNs of width 2 * hidden.
     if hidden % 128 != 0:
         raise ConversionError(f"original audio head needs hidden_size % 128 == 0, got {hidden}")
     head_config = {
         "hidden_size": hidden,
-        "num_hidden_layers": audio.get("audio_head_transformer_layers", 3),
+        "num_hidden_layers": audio["audio_head_transformer_layers"],
         "num_attention_heads": hidden // 128,
         "intermediate_size": 2 * hidden,
         "codebook_sizes": codebook_sizes,
@@ -137,12 +237,12 @@ def config_from_original(
         "codebook_sizes": codebook_sizes,
         "d_model": tokenizer_config["d_model"],
         "avg_pooler": tokenizer_config["avg_pooler"],
-        "decoder_layers": _require(audio, "decoder_layers", "audio_config."),
-        "decoder_attention_heads": _require(audio, "decoder_attention_heads", "audio_config."),
-        "decoder_ffn_dim": _require(audio, "decoder_ffn_dim", "audio_config."),
-        "decoder_kernel_size": audio.get("decoder_kernel_size", 3),
-        "decoder_stride_size": audio.get("decoder_stride_size", 2),
-        "activation_function": audio.get("activation_function", "gelu"),
+        "decoder_layers": audio["decoder_layers"],
+        "decoder_attention_heads": audio["decoder_attention_heads"],
+        "decoder_ffn_dim": audio["decoder_ffn_dim"],
+        "decoder_kernel_size": audio["decoder_kernel_size"],
+        "decoder_stride_size": audio["decoder_stride_size"],
+        "activation_function": audio["activation_function"],
         "sampling_rate": tokenizer_config["sampling_rate"],
         "hop_length": tokenizer_config["hop_length"],
         "max_audio_seconds": tokenizer_config["max_audio_seconds"],
@@ -188,7 +288,7 @@ def config_from_original(
 
     tokens: dict = {}
     for name in AUDIO_TOKEN_FIELDS:
-        tokens[name] = _require(audio, name, "audio_config.")
+        tokens[name] = _require(audio_config, name, "audio_config.")
     added_tokens = added_tokens or {}
     for name, token in ROLE_TOKENS.items():
         if token in added_tokens:
@@ -200,13 +300,23 @@ def config_from_original(
         tokens["eos_token_id"] = eos
         tokens["pad_token_id"] = eos if not isinstance(eos, list) else eos[0]
 
-    return BaichuanAudioConfig(
-        text_config=text_config,
-        audio_tokenizer_config=tokenizer_config,
-        audio_head_config=head_config,
-        code2wav_config=code2wav_config,
-        **tokens,
-    )
+    try:
+        return BaichuanAudioConfig(
+            text_config=text_config,
+            audio_tokenizer_config=tokenizer_config,
+            audio_head_config=head_config,
+            code2wav_config=code2wav_config,
+            **tokens,
+        )
+    except (ValueError, TypeError, StrictDataclassError) as err:  # the validators: sizes that do not fit together
+        raise ConversionError(f"original config cannot be converted: {err}") from err
 
 
-__all__ = ["ConversionError", "config_from_original", "read_added_tokens", "ROLE_TOKENS", "AUDIO_TOKEN_FIELDS"]
+__all__ = [
+    "ConversionError",
+    "config_from_original",
+    "original_llm_settings",
+    "read_added_tokens",
+    "ROLE_TOKENS",
+    "AUDIO_TOKEN_FIELDS",
+]

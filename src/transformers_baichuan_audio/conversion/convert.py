@@ -42,7 +42,7 @@ from .checkpoint import (
     convert_tensors,
     load_vocoder_state_dict,
 )
-from .config import ConversionError, config_from_original, read_added_tokens
+from .config import ConversionError, config_from_original, original_llm_settings, read_added_tokens
 
 TOKENIZER_PREFIX = "model.audio_tokenizer."
 CODE2WAV_PREFIX = "code2wav."
@@ -56,13 +56,26 @@ def _prefixed(prefix: str, convert) -> ComponentConverter:
     return run
 
 
-def component_converters(config: BaichuanAudioConfig) -> list[ComponentConverter]:
-    """The converters of the LLM/head, the audio tokenizer and (when audio output is enabled) code2wav."""
+def component_converters(config: BaichuanAudioConfig, original_config: dict | None = None) -> list[ComponentConverter]:
+    """The converters of the LLM/head, the audio tokenizer and (when audio output is enabled) code2wav.
+
+    ``original_config`` (the original ``config.json``) tells the LLM layout variants that leave no trace in the
+    converted config (q/k/v biases, a normalised LM head, tied embeddings), with the original's defaults for absent
+    fields; without it the released checkpoints' layout is assumed.
+    """
     from ..modeling.audio_tokenizer import convert_original_audio_tokenizer_weights
     from ..modeling.baichuan_audio import convert_original_model_weights
 
+    layout = {}
+    if original_config is not None:
+        llm = original_llm_settings(original_config)
+        layout = {
+            "qkv_bias": bool(llm["attention_qkv_bias"]),
+            "norm_head": bool(llm["use_norm_head"]),
+            "tie_word_embeddings": bool(llm["tie_word_embeddings"]),
+        }
     converters: list[ComponentConverter] = [
-        partial(convert_original_model_weights, config=config),
+        partial(convert_original_model_weights, config=config, **layout),
         _prefixed(TOKENIZER_PREFIX, convert_original_audio_tokenizer_weights),
     ]
     if config.enable_audio_output:
@@ -122,9 +135,13 @@ def convert_original_state_dict(
     original: Mapping[str, torch.Tensor],
     config: BaichuanAudioConfig,
     vocoder_state: Mapping[str, torch.Tensor] | None = None,
+    original_config: dict | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Convert a whole original state dict (+ vocoder) in memory, with the key and shape checks."""
-    converted, _ = convert_tensors(original, component_converters(config))
+    """Convert a whole original state dict (+ vocoder) in memory, with the key and shape checks.
+
+    ``original_config``: the original ``config.json`` (see :func:`component_converters`).
+    """
+    converted, _ = convert_tensors(original, component_converters(config, original_config))
     if config.enable_audio_output:
         if vocoder_state is None:
             raise ConversionError("audio output is enabled but no vocoder weights were given (hift.pt)")
@@ -154,7 +171,7 @@ def load_original_model(
     config = config_for_checkpoint(ckpt, vocoder, vocoder_config)
     config.enable_audio_output = (vocoder is not None) if enable_audio_output is None else enable_audio_output
     vocoder_state = load_vocoder_state_dict(vocoder) if vocoder is not None else None
-    state = convert_original_state_dict(ckpt.load_all(), config, vocoder_state)
+    state = convert_original_state_dict(ckpt.load_all(), config, vocoder_state, ckpt.config)
     model = BaichuanAudioForConditionalGeneration._from_converted_state_dict(config, state, **from_pretrained_kwargs)
     model.generation_config = _generation_config(config)
     return model
@@ -199,7 +216,7 @@ def convert_checkpoint(
     ckpt = OriginalCheckpoint(src)
     config = config_for_checkpoint(ckpt, vocoder, vocoder_config)
     config.enable_audio_output = vocoder is not None
-    converters = component_converters(config)
+    converters = component_converters(config, ckpt.config)
     expected = expected_shapes(config)
 
     writer = ShardWriter(dst, max_shard_size)

@@ -456,6 +456,7 @@ DROPPED_ORIGINAL_KEYS = (
     r"audio_head\.transformer_layers\.\d+\.linear2\.bias",
 )
 _OWNED_PREFIXES = ("model.", "lm_head.", "audio_head.")
+_QKV_BIAS_KEY = r"model\.layers\.\d+\.self_attn\.(W_pack|[qkv]_proj)\.bias"
 
 
 def _split_rows(tensor: torch.Tensor, sizes: list[int], key: str) -> list[torch.Tensor]:
@@ -465,7 +466,12 @@ def _split_rows(tensor: torch.Tensor, sizes: list[int], key: str) -> list[torch.
 
 
 def convert_original_model_weights(
-    original: Mapping[str, torch.Tensor], config: BaichuanAudioConfig | None = None
+    original: Mapping[str, torch.Tensor],
+    config: BaichuanAudioConfig | None = None,
+    *,
+    qkv_bias: bool = True,
+    norm_head: bool = False,
+    tie_word_embeddings: bool = False,
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Map the original ``OmniForCausalLM`` LLM / audio-embedding / LM-head / audio-head weights to this layout.
 
@@ -480,6 +486,15 @@ def convert_original_model_weights(
     * ``audio_head.transformer_layers.{l}.self_attention.in_proj_{weight,bias}`` -> ``q/k/v_proj``; ``linear1`` /
       ``linear2`` weights viewed as (I, P, H) / (H, P, I) are sliced per position into ``mlp.{p}.fc1`` / ``fc2``;
       ``headnorm`` -> ``norm``; ``heads.{i}`` unchanged. The unused ``linear1.bias`` / ``linear2.bias`` are dropped.
+
+    * Separate ``self_attn.{q,k,v}_proj`` (original ``attention_qkv_pack=false``) keep their names.
+    * ``qkv_bias=False`` (original ``attention_qkv_bias=false``, its default): Qwen2 always has q/k/v biases, so zero
+      biases are written next to the weights (adding zero is exact).
+    * ``norm_head=True`` (original ``use_norm_head``, its default): the original ``NormHead`` L2-normalises the rows of
+      its weight on every call; the normalised rows are stored, so the plain linear LM head gives the same logits
+      (normalised in float32, stored in the checkpoint's dtype; fine-tuning no longer renormalises).
+    * ``tie_word_embeddings=True``: the LM head is the input embedding (``lm_head.weight`` is written from
+      ``model.embed_tokens.weight``; a stored ``lm_head.weight`` is the same tensor and is dropped).
 
     With ``config`` every key converts on its own (shard by shard); without it, the split sizes are read from the
     shapes of sibling keys (``o_proj``, ``layernorm1``, ``linear1``), which must then be in ``original`` too.
@@ -497,10 +512,17 @@ def convert_original_model_weights(
         if any(re.fullmatch(pattern, key) for pattern in DROPPED_ORIGINAL_KEYS):
             handled.add(key)
             continue
+        if not qkv_bias and re.fullmatch(_QKV_BIAS_KEY, key):  # the original has no such parameter: never loaded
+            handled.add(key)
+            continue
         if key.startswith("model."):
             new = _convert_llm_key(key, tensor, original, config)
+            if new is not None and not qkv_bias:
+                new.update(_zero_qkv_biases(new))
+            if key == "model.embed_tokens.weight" and tie_word_embeddings:
+                new["lm_head.weight"] = _lm_head_weight(tensor, norm_head, copy=True)
         elif key == "lm_head.weight":
-            new = {"lm_head.weight": tensor}
+            new = {} if tie_word_embeddings else {"lm_head.weight": _lm_head_weight(tensor, norm_head)}
         else:
             new = _convert_head_key(key, tensor, original, config)
         if new is None:
@@ -508,6 +530,21 @@ def convert_original_model_weights(
         converted.update(new)
         handled.add(key)
     return converted, handled
+
+
+def _zero_qkv_biases(converted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Zero ``q/k/v_proj.bias`` for the q/k/v weights among ``converted`` (an original without qkv biases)."""
+    return {
+        key[: -len("weight")] + "bias": tensor.new_zeros(tensor.shape[0])
+        for key, tensor in converted.items()
+        if re.search(r"self_attn\.[qkv]_proj\.weight$", key)
+    }
+
+
+def _lm_head_weight(tensor: torch.Tensor, norm_head: bool, copy: bool = False) -> torch.Tensor:
+    if norm_head:  # what the original NormHead computes on every call
+        return torch.nn.functional.normalize(tensor.float()).to(tensor.dtype)
+    return tensor.clone() if copy else tensor
 
 
 def _lookup(original: Mapping[str, torch.Tensor], key: str, needed_for: str) -> torch.Tensor:
@@ -530,6 +567,8 @@ def _convert_llm_key(key, tensor, original, config) -> dict[str, torch.Tensor] |
     prefix = f"model.language_model.layers.{layer}."
     if rest in _LLM_LAYER_RENAMES:
         return {prefix + _LLM_LAYER_RENAMES[rest]: tensor}
+    if re.fullmatch(r"self_attn\.[qkv]_proj\.(weight|bias)", rest):  # original attention_qkv_pack=false
+        return {prefix + rest: tensor}
     if rest in ("self_attn.W_pack.weight", "self_attn.W_pack.bias"):
         if config is not None:
             text = config.text_config
