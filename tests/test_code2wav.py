@@ -89,6 +89,19 @@ def test_weight_norm_folding_formula(reference_fixture):
         torch.testing.assert_close(fold_weight_norm(g, v), g * v / norm, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated:FutureWarning")
+def test_weight_norm_folding_is_bit_identical_to_legacy_weight_norm():
+    """The original vocoder runs the legacy ``torch.nn.utils.weight_norm`` hook before every forward; the folded
+    weight must be exactly the weight that hook computes."""
+    torch.manual_seed(3)
+    for conv in (torch.nn.Conv1d(6, 5, 7), torch.nn.ConvTranspose1d(6, 5, 4)):
+        legacy = torch.nn.utils.weight_norm(conv)
+        with torch.no_grad():
+            legacy.weight_g.mul_(torch.rand_like(legacy.weight_g) + 0.5)
+        legacy(torch.randn(1, 6, 9))  # the pre-forward hook recomputes .weight from g and v
+        assert torch.equal(fold_weight_norm(legacy.weight_g, legacy.weight_v), legacy.weight)
+
+
 # --------------------------------------------------------------------------------------------- stage parity
 
 

@@ -750,9 +750,16 @@ class Code2WavConversionError(ValueError):
 
 
 def fold_weight_norm(weight_g: torch.Tensor, weight_v: torch.Tensor) -> torch.Tensor:
-    """Legacy ``torch.nn.utils.weight_norm`` (dim=0): ``g * v / ||v||`` with the norm over all dims but 0 (the same
-    kernel the original runs before every forward, so the folded weight is bit-identical)."""
-    return torch._weight_norm(weight_v, weight_g, 0)
+    """Legacy ``torch.nn.utils.weight_norm`` (dim=0): ``g * v / ||v||`` with the norm over all dims but 0, computed by
+    the public ``torch.nn.utils.parametrizations.weight_norm`` (the same kernel the original runs before every
+    forward, so the folded weight is bit-identical)."""
+    carrier = torch.nn.Module()
+    carrier.weight = torch.nn.Parameter(torch.empty_like(weight_v), requires_grad=False)
+    torch.nn.utils.parametrizations.weight_norm(carrier, name="weight", dim=0)
+    with torch.no_grad():
+        carrier.parametrizations.weight.original0.copy_(weight_g)
+        carrier.parametrizations.weight.original1.copy_(weight_v)
+        return carrier.weight.detach().clone()
 
 
 def convert_original_vocoder_weights(vocoder: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
