@@ -46,18 +46,23 @@ def test_text_generation_matches_original(model, reference_fixture, case):
     assert torch.equal(top.indices, expected[f"{case}.scores_top5_ids"])
     torch.testing.assert_close(top.values, expected[f"{case}.scores_top5"], atol=ATOL, rtol=0)
 
-    # The speech loop's text-only rows give the same tokens (its own sampling path, 1-based positions).
-    loop = model.generate(
-        expected[f"{case}.input_ids"],
-        attention_mask=expected[f"{case}.attention_mask"],
-        output_audio=True,
-        speech_mode="text",
-        max_new_tokens=16,
-        do_sample=False,
-        **{"repetition_penalty": 1.0, **kwargs},
-    )
+    # The speech loop's text-only rows give the same tokens (its own sampling path, 1-based positions) when the
+    # audio-block tokens are not masked as the original did not mask them (its "text" answer contains
+    # <audiogen_start> as a plain token).
+    loop_kwargs = dict(output_audio=True, speech_mode="text", max_new_tokens=16, do_sample=False)
+    loop_kwargs.update({"attention_mask": expected[f"{case}.attention_mask"], "repetition_penalty": 1.0, **kwargs})
+    loop = model.generate(expected[f"{case}.input_ids"], suppress_audio_tokens=False, **loop_kwargs)
     assert torch.equal(loop.sequences, expected[f"{case}.sequences"])
     assert loop.audio_codes == [[]]
+    # By default a text-only row never switches: the same tokens up to the original's first <audiogen_start>.
+    masked = model.generate(expected[f"{case}.input_ids"], **loop_kwargs).sequences[0].tolist()
+    original = expected[f"{case}.sequences"][0].tolist()
+    switch = model.config.audiogen_start_token_id
+    prompt = expected[f"{case}.input_ids"].shape[1]
+    assert switch not in masked[prompt:]
+    cut = original.index(switch, prompt) if switch in original[prompt:] else len(original)
+    assert masked[:cut] == original[:cut]
+    assert (case == "text") == (cut < len(original))  # the text case really exercises the mask
 
 
 # ---------------------------------------------------------------------------------------------------------- audio

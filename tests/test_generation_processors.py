@@ -86,25 +86,43 @@ def test_split_tts_text_like_the_base_tts_demo():
     assert split_tts_text("") == []
 
 
-def test_join_waveforms_inserts_a_crossfade_block():
+def test_join_waveforms_reference_mode_inserts_a_crossfade_block():
     a, b = torch.ones(1000), torch.full((500,), 2.0)
-    joined = join_waveforms([a, b], overlap=240)
+    joined = join_waveforms([a, b], overlap=240, mode="reference")
     assert joined.shape[0] == 1000 + 240 + 500
     ramp = torch.linspace(0.0, 1.0, 240)
     torch.testing.assert_close(joined[1000:1240], 1.0 * (1 - ramp) + 2.0 * ramp, atol=1e-6, rtol=0)
-    assert join_waveforms([a, torch.ones(100)], overlap=240).shape[0] == 1100  # too short: no block
+    assert join_waveforms([a, torch.ones(100)], overlap=240, mode="reference").shape[0] == 1100  # too short
+
+
+def test_join_waveforms_crossfade_adds_no_sample():
+    """The default join overlaps the phrases: sum(lengths) - 240 per cross-faded junction, every sample outside the
+    overlaps is a phrase's own sample, the overlap is the linear blend of the two (independent formula)."""
+    a, b, c = torch.arange(1000.0), torch.full((500,), -3.0), torch.full((100,), 7.0)
+    joined = join_waveforms([a, torch.zeros(0), b, c], overlap=240)  # the empty phrase (EOS first) is skipped
+    assert joined.shape[0] == 1000 + 500 - 240 + 100  # c is too short for a cross-fade: concatenated
+    assert (
+        torch.equal(joined[:760], a[:760]) and torch.equal(joined[1000:1260], b[240:]) and torch.equal(joined[-100:], c)
+    )
+    w = torch.arange(240.0) / 239.0
+    torch.testing.assert_close(joined[760:1000], a[760:] * (1 - w) + b[:240] * w, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="mode"):
+        join_waveforms([a], mode="insert")
 
 
 def test_join_waveforms_matches_the_demo_yields(reference_fixture):
-    """The demo's ``wave_concat`` on the recorded segment waveforms gives its recorded int16 yields."""
+    """The demo's ``wave_concat`` on the recorded segment waveforms gives its recorded int16 yields (reference mode)."""
     s2s = reference_fixture.expected("s2s")
     seg = [s2s[f"s2s0.seg{k}.wave"][0] for k in range(3)]
 
     def to_int16(wave):
         return (torch.clamp(wave, -0.99, 0.99) * 32768.0).to(torch.int16)
 
-    assert torch.equal(to_int16(join_waveforms(seg[:2])), s2s["s2s0.yield1.wave_int16"])
-    assert torch.equal(to_int16(join_waveforms(seg[1:])[seg[1].shape[0] :]), s2s["s2s0.yield2.wave_int16"])
+    def join(waves):
+        return join_waveforms(waves, mode="reference")
+
+    assert torch.equal(to_int16(join(seg[:2])), s2s["s2s0.yield1.wave_int16"])
+    assert torch.equal(to_int16(join(seg[1:])[seg[1].shape[0] :]), s2s["s2s0.yield2.wave_int16"])
 
 
 def test_apply_processors_equals_the_processor_list():

@@ -44,13 +44,15 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessorList, SuppressTokensLogitsProcessor
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.utils import ModelOutput
 
+from ..configuration import TOKEN_ID_FIELDS
 from .decode_steps import SpeechDecodeSteps, resolve_compile_config
 from .logits_process import (
     IGNORED_ID,
@@ -84,8 +86,43 @@ SPEECH_GENERATION_DEFAULTS: dict = {
     "max_rounds": 100,
     "text_max_new_tokens": 1024,  # "text" rows (ASR / text-only answers) when max_new_tokens is unset
     "switch_policy": "default",
+    "suppress_audio_tokens": True,  # text phases never sample audio-block tokens (see AUDIO_BLOCK_TOKEN_FIELDS)
 }
 SWITCH_POLICIES = ("default", "reference")
+#: Caps that must be positive integers (``max_new_tokens=0`` is refused with transformers' own message) and caps
+#: that may be 0 (``max_rounds=0``: the first text segment only; ``audio_min_frames=0``: no minimum).
+POSITIVE_CAPS = ("max_new_tokens", "text_max_new_tokens", "text_segment_max_new_tokens", "audio_max_frames")
+NON_NEGATIVE_CAPS = ("max_rounds", "audio_min_frames")
+#: Config fields of the tokens of audio blocks. A text phase never samples ``<audio_pad>`` (it has no codes: the
+#: forward would fail); with ``suppress_audio_tokens`` (default) it samples none of these, and a ``"text"`` row
+#: (text-only answer, ASR) not ``<audiogen_start>`` either, so a text-only answer never switches to speech. The
+#: original did not mask them (``suppress_audio_tokens=False`` reproduces it; its text-only answers can then contain
+#: ``<audiogen_start>`` as a plain token).
+AUDIO_BLOCK_TOKEN_FIELDS = tuple(
+    name for name in TOKEN_ID_FIELDS if name.startswith("audio") and name != "audiogen_start_token_id"
+)
+
+
+class PromptTooLongError(ValueError):
+    """The prompt does not fit the model's context (``max_position_embeddings`` positions)."""
+
+
+def check_prompt_length(num_positions: int, num_audio_frames: int, context: int, what: str = "the prompt") -> None:
+    """Raise :class:`PromptTooLongError` when ``num_positions`` (the prompt's tokens, ``num_audio_frames`` of them
+    audio frames at 12.5 per second) leave no room for a new token in a ``context``-position model."""
+    if num_positions < context:
+        return
+    audio = ""
+    if num_audio_frames:
+        spare = max(context - (num_positions - num_audio_frames) - 1, 0)
+        audio = (
+            f"; {num_audio_frames} of them are audio frames ({num_audio_frames / 12.5:.1f} s of speech at 12.5 frames"
+            f" per second): at most {spare / 12.5:.1f} s of audio fit with this text"
+        )
+    raise PromptTooLongError(
+        f"{what} has {num_positions} positions but the model's context is {context} (max_position_embeddings), "
+        f"leaving no room for an answer{audio}. Shorten the text or the audio, or start a new conversation."
+    )
 
 
 def default_generation_config(config) -> GenerationConfig:
@@ -144,8 +181,8 @@ class BaichuanAudioGenerateOutput(ModelOutput):
         sequence_lengths: (B,) valid length of each row of ``sequences`` (left padding included).
         audio_codes: per row, the list of its audio segments, each (frames, num_codebooks) int64 codes (without the
             end-of-audio frame).
-        waveforms: per row, the 24 kHz waveform (1-D float tensor; segments joined as the original demo joins them)
-            or None; only with ``return_waveforms=True`` and a model with ``code2wav``.
+        waveforms: per row, the 24 kHz waveform (1-D float tensor; segments cross-faded by :func:`join_waveforms`,
+            no sample added) or None; only with ``return_waveforms=True`` and a model with ``code2wav``.
         cache: the LLM KV cache after the call (pass it back with the extended sequence to continue).
         audio_logits: with ``output_audio_logits=True``: per row, one entry per audio-head call (frame iteration,
             the end-of-audio one included), each a list of ``num_codebooks`` raw logits (codebook_sizes[i] + 1,).
@@ -194,6 +231,16 @@ class _Settings:
             self.audio_do_sample = self.do_sample
         if self.switch_policy not in SWITCH_POLICIES:
             raise ValueError(f"switch_policy must be one of {SWITCH_POLICIES}, got {self.switch_policy!r}")
+        for key in POSITIVE_CAPS + NON_NEGATIVE_CAPS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"`{key}` must be an integer, but is {value!r}.")
+            if key in POSITIVE_CAPS and value <= 0:  # transformers' GenerationConfig.validate message
+                raise ValueError(f"`{key}` must be greater than 0, but is {value}.")
+            if value < 0:
+                raise ValueError(f"`{key}` must be 0 or more, but is {value}.")
 
 
 def _as_list(value) -> list[int]:
@@ -239,11 +286,25 @@ class BaichuanAudioGenerationMixin:
                 device); ``disable_compile=True`` turns it off. Also read from ``generation_config``.
             Sampling settings: any key of :data:`SPEECH_GENERATION_DEFAULTS` (``temperature`` ... for the first text
                 segment and "text" rows, ``later_text_*``, ``audio_*``, ``text_segment_max_new_tokens``,
-                ``max_rounds``, ``switch_policy``), read from kwargs, then ``generation_config``, then the defaults.
+                ``max_rounds``, ``switch_policy``, ``suppress_audio_tokens``), read from kwargs, then
+                ``generation_config``, then the defaults.
+            max_new_tokens: cap of ``"text"`` rows (unset: ``text_max_new_tokens``); ``"chat"`` / ``"tts"`` answers
+                are capped by ``text_segment_max_new_tokens``, ``audio_max_frames`` and ``max_rounds``. Caps are
+                checked like transformers checks ``max_new_tokens``: 0 or less raises ``ValueError``.
+            Context: a prompt that leaves no position of ``max_position_embeddings`` (or of a static cache) free
+                raises :class:`PromptTooLongError` before any forward; a row reaching the context during the call
+                ends there with a warning.
         Returns:
             :class:`BaichuanAudioGenerateOutput` for speech output, else what ``GenerationMixin.generate`` returns.
         """
         if not output_audio:
+            prompt = inputs if inputs is not None else kwargs.get("input_ids")
+            if isinstance(prompt, torch.Tensor) and prompt.ndim == 2:
+                mask = kwargs.get("attention_mask")
+                lengths = mask.sum(-1) if isinstance(mask, torch.Tensor) else [prompt.shape[1]]
+                pads = (prompt == self.config.audio_pad_token_id).sum(-1)
+                row = int(torch.as_tensor(lengths).argmax())
+                check_prompt_length(int(lengths[row]), int(pads[row]), self._context_length())
             return super().generate(inputs, generation_config=generation_config, **kwargs)
         input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
         config = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
@@ -297,23 +358,32 @@ class BaichuanAudioGenerationMixin:
         ids = _SpecialIds(cfg, settings)
         cached = cache.get_seq_length() if cache is not None else 0
         rows = _initial_rows(input_ids, attention_mask, cached, modes, tts_chunks, ids, output_audio_logits)
+        context = self._context_length()
+        for row in rows:
+            check_prompt_length(len(row.seq), row.seq.count(ids.audio_pad), context)
         if cache is None:
             cache = _new_cache(cfg, cache_implementation, static_cache_max_len, device)
+        cache_room = int(cache.get_max_length())  # a static cache's columns (left padding included); -1: unbounded
+        if cache_room > 0:
+            check_prompt_length(input_ids.shape[1], 0, cache_room, "the (padded) prompt batch")
         compile_config = resolve_compile_config(cache, compile_config, disable_compile)
         steps = SpeechDecodeSteps(self, cache, compile_config, batch_size)
         # Full attention mask over everything fed so far (cached prefix + fed steps).
         mask = attention_mask[:, :cached].clone()
+        first = sampling_processors(
+            settings.do_sample, settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty
+        )
+        later = sampling_processors(
+            settings.do_sample,
+            settings.later_text_temperature,
+            settings.later_text_top_k,
+            settings.later_text_top_p,
+            settings.later_text_repetition_penalty,
+        )
+        suppress = _suppressed_text_tokens(cfg, ids, settings.suppress_audio_tokens)
         text_procs = {
-            "first": sampling_processors(
-                settings.do_sample, settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty
-            ),
-            "later": sampling_processors(
-                settings.do_sample,
-                settings.later_text_temperature,
-                settings.later_text_top_k,
-                settings.later_text_top_p,
-                settings.later_text_repetition_penalty,
-            ),
+            key: LogitsProcessorList([SuppressTokensLogitsProcessor(suppress[mode], device=device), *procs])
+            for key, mode, procs in (("first", "chat", first), ("later", "chat", later), ("text", "text", first))
         }
         audio_procs = audio_codebook_processors(
             list(cfg.codebook_sizes),
@@ -328,6 +398,9 @@ class BaichuanAudioGenerationMixin:
         first_step = True
         with steps.settings():
             while any(row.phase != "done" for row in rows):
+                self._speech_check_context(rows, context, cache_room, mask.shape[1], streamer)
+                if all(row.phase == "done" for row in rows):
+                    break
                 step_ids, step_mask, step_codes = _build_step(rows, ids, device)
                 mask = torch.cat([mask, step_mask], dim=1)
                 position_ids = mask.cumsum(-1)[:, -step_ids.shape[1] :]
@@ -355,7 +428,8 @@ class BaichuanAudioGenerationMixin:
             return
         groups: dict[str, list[int]] = {}
         for r in active:
-            key = "later" if rows[r].later_text and rows[r].mode == "chat" else "first"
+            mode = rows[r].mode
+            key = "text" if mode == "text" else "later" if rows[r].later_text else "first"
             groups.setdefault(key, []).append(r)
         for key, members in groups.items():
             logits = self.lm_head(hidden[members]).float()
@@ -371,7 +445,7 @@ class BaichuanAudioGenerationMixin:
         if streamer is not None and token not in ids.specials:
             streamer.put_text(r, [token])
         if row.mode == "text":
-            cap = settings.max_new_tokens or settings.text_max_new_tokens
+            cap = settings.max_new_tokens if settings.max_new_tokens is not None else settings.text_max_new_tokens
             if token in ids.eos or row.text_new >= cap:
                 row.phase = "done"
             else:
@@ -402,6 +476,28 @@ class BaichuanAudioGenerationMixin:
         else:  # default policy: keep the stopping token, append <audiogen_start>
             row.seq.append(ids.audiogen_start)
             _start_audio(row, [token, ids.audiogen_start])
+
+    # ------------------------------------------------------------------------------------------------ context
+    def _context_length(self) -> int:
+        return int(self.config.get_text_config().max_position_embeddings)
+
+    def _speech_check_context(self, rows, context: int, cache_room: int, fed: int, streamer) -> None:
+        """End the rows whose next feed would pass the model's context (or a static cache's columns), with a warning:
+        an audio segment in progress is kept (its frames so far), the answer ends there."""
+        width = max(len(row.pending) for row in rows if row.phase != "done")
+        cache_full = cache_room > 0 and fed + width > cache_room
+        for r, row in enumerate(rows):
+            if row.phase == "done" or (len(row.seq) <= context and not cache_full):
+                continue
+            limit = f"the static cache's {cache_room} columns" if cache_full else f"the model's context ({context})"
+            warnings.warn(f"generation of row {r} stopped at {limit}: the answer is cut there", stacklevel=4)
+            if row.phase == "audio":
+                segment = torch.stack(row.frames) if row.frames else torch.empty(0, len(self.config.codebook_sizes))
+                row.segments.append(segment.long())
+                row.frames = []
+                if streamer is not None:
+                    streamer.end_segment(r)
+            row.phase, row.pending, row.pending_codes = "done", [], []
 
     # ------------------------------------------------------------------------------------------------ audio rows
     def _speech_audio_step(self, rows, active, hidden, audio_procs, ids, settings, generator, steps, streamer) -> None:
@@ -490,31 +586,61 @@ class BaichuanAudioGenerationMixin:
             audio_logits=[row.audio_logits for row in rows] if rows and rows[0].audio_logits is not None else None,
         )
 
-    def decode_audio_segments(self, segments: list[torch.Tensor], overlap: int = 240) -> torch.Tensor | None:
-        """24 kHz waveform of a row's audio segments, joined as the original demo joins them.
-
-        Each segment is decoded on its own by ``self.code2wav``; between consecutive segments an extra
-        ``overlap``-sample linear cross-fade block (tail of the previous x ramp down + head of the next x ramp up) is
-        inserted (the demo's ``wave_concat``). Returns None without segments or without ``code2wav``.
-        """
+    def decode_audio_segments(
+        self, segments: list[torch.Tensor], overlap: int = 240, join: str = "crossfade"
+    ) -> torch.Tensor | None:
+        """24 kHz waveform of a row's audio segments (each decoded on its own by ``self.code2wav``), joined by
+        :func:`join_waveforms` (``join="crossfade"``: overlapped, no sample added; ``"reference"``: the original
+        demo's inserted block). Empty segments (an end-of-audio first frame) are skipped. Returns None without
+        segments or without ``code2wav``."""
         code2wav = getattr(self, "code2wav", None)
         segments = [s for s in segments if s.shape[0] > 0]
         if code2wav is None or not segments:
             return None
         waves = [_decode_waveform(code2wav, s) for s in segments]
-        return join_waveforms(waves, overlap)
+        return join_waveforms(waves, overlap, mode=join)
 
 
-def join_waveforms(waves: list[torch.Tensor], overlap: int = 240) -> torch.Tensor:
-    """Concatenate 1-D waveforms, inserting a linear cross-fade block of ``overlap`` samples between neighbours."""
-    parts = [waves[0]]
+JOIN_MODES = ("crossfade", "reference")
+
+
+def crossfade(tail: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """``tail * ramp_down + head * ramp_up`` over their common length (linear ramps from 1 to 0 and 0 to 1)."""
+    n = tail.shape[-1]
+    down = torch.linspace(1.0, 0.0, n, device=head.device, dtype=head.dtype)
+    up = torch.linspace(0.0, 1.0, n, device=head.device, dtype=head.dtype)
+    return tail * down + head * up
+
+
+def join_waveforms(waves: list[torch.Tensor], overlap: int = 240, mode: str = "crossfade") -> torch.Tensor:
+    """Join consecutive 1-D waveforms (phrases) with a linear cross-fade of ``overlap`` samples where both
+    neighbours are longer than ``overlap`` (elsewhere they are concatenated); empty waveforms are skipped.
+
+    ``mode="crossfade"`` (default): the last ``overlap`` samples of the output so far and the first ``overlap`` of
+    the next phrase are overlapped, so the result has ``sum(lengths) - overlap`` samples per cross-faded junction
+    and every other sample is a phrase's own sample. ``mode="reference"``: the original demo's ``wave_concat``,
+    which keeps both phrases whole and INSERTS the cross-faded block (``overlap`` extra samples per junction,
+    a 10 ms repeat at 24 kHz).
+    """
+    if mode not in JOIN_MODES:
+        raise ValueError(f"mode must be one of {JOIN_MODES}, got {mode!r}")
+    waves = [w for w in waves if w.shape[-1] > 0]
+    if not waves:
+        return torch.zeros(0)
+    if mode == "reference":
+        parts = [waves[0]]
+        for prev, wave in zip(waves[:-1], waves[1:]):
+            if prev.shape[-1] > overlap and wave.shape[-1] > overlap:
+                parts.append(crossfade(prev[-overlap:], wave[:overlap]))
+            parts.append(wave)
+        return torch.cat(parts)
+    out = waves[0]
     for prev, wave in zip(waves[:-1], waves[1:]):
         if prev.shape[-1] > overlap and wave.shape[-1] > overlap:
-            down = torch.linspace(1.0, 0.0, overlap, device=wave.device, dtype=wave.dtype)
-            up = torch.linspace(0.0, 1.0, overlap, device=wave.device, dtype=wave.dtype)
-            parts.append(prev[-overlap:] * down + wave[:overlap] * up)
-        parts.append(wave)
-    return torch.cat(parts)
+            out = torch.cat([out[:-overlap], crossfade(out[-overlap:], wave[:overlap]), wave[overlap:]])
+        else:
+            out = torch.cat([out, wave])
+    return out
 
 
 def _decode_waveform(code2wav, codes: torch.Tensor) -> torch.Tensor:
@@ -603,6 +729,17 @@ def _initial_rows(input_ids, attention_mask, cached, modes, tts_chunks, ids, out
     return rows
 
 
+def _suppressed_text_tokens(cfg, ids: _SpecialIds, suppress_audio_tokens: bool) -> dict[str, list[int]]:
+    """Token ids a text phase never samples, for ``"chat"`` rows and for ``"text"`` rows (see
+    :data:`AUDIO_BLOCK_TOKEN_FIELDS`)."""
+    if not suppress_audio_tokens:
+        return {"chat": [ids.audio_pad], "text": [ids.audio_pad]}
+    block = sorted(
+        {int(getattr(cfg, name)) for name in AUDIO_BLOCK_TOKEN_FIELDS if getattr(cfg, name, None) is not None}
+    )
+    return {"chat": block, "text": sorted({*block, ids.audiogen_start})}
+
+
 def _start_audio(row: _Row, feed: list[int]) -> None:
     row.phase, row.frames = "audio", []
     row.pending, row.pending_codes = feed, []
@@ -660,9 +797,13 @@ def _pad_frames(frames: list[list[torch.Tensor]], num_codebooks: int, device) ->
 
 
 __all__ = [
+    "AUDIO_BLOCK_TOKEN_FIELDS",
     "BaichuanAudioGenerationMixin",
     "BaichuanAudioGenerateOutput",
+    "PromptTooLongError",
     "SPEECH_GENERATION_DEFAULTS",
+    "check_prompt_length",
+    "crossfade",
     "split_tts_text",
     "join_waveforms",
 ]
