@@ -65,6 +65,13 @@ from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from ..modeling.baichuan_audio import fill_audio_codes  # re-exported: merging codes with encoded features
+from .audio_io import (  # re-exported: files in / out and the shared audio content part
+    InvalidAudioError,
+    audio_part_source,
+    check_sampling_rate,
+    read_audio_file,
+    save_wav,
+)
 
 SYSTEM_TOKEN = "<B_SYS>"
 USER_TOKEN = "<C_Q>"
@@ -148,31 +155,6 @@ def voice_prompt(voice: str = DEFAULT_VOICE) -> str:
     return VOICE_PROMPT.format(voice=voice)
 
 
-def save_wav(path: str | os.PathLike, waveform, sampling_rate: int = OUTPUT_SAMPLING_RATE) -> None:
-    """Write a mono waveform (float in [-1, 1], torch or numpy, any leading singleton dims) as 16-bit PCM."""
-    import soundfile as sf
-
-    if isinstance(waveform, torch.Tensor):
-        waveform = waveform.detach().float().cpu().numpy()
-    wav = np.clip(np.asarray(waveform, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    sf.write(str(path), wav, sampling_rate, subtype="PCM_16")
-
-
-def read_audio_file(path: str) -> tuple[np.ndarray, int]:
-    """``(float32 waveform (samples,) or (samples, channels), sampling_rate)`` of a local file (int PCM / 32768 like
-    torchaudio) or, for ``http(s)://`` URLs, of the download resampled to 16 kHz by transformers' ``load_audio``."""
-    if str(path).startswith(("http://", "https://")):
-        from transformers.audio_utils import load_audio
-
-        return np.asarray(
-            load_audio(str(path), sampling_rate=INPUT_SAMPLING_RATE), dtype=np.float32
-        ), INPUT_SAMPLING_RATE
-    import soundfile as sf
-
-    data, sr = sf.read(str(path), dtype="float32")
-    return data, int(sr)
-
-
 class BaichuanAudioProcessor(ProcessorMixin):
     r"""Processor of Baichuan-Audio: the feature extractor (16 kHz speech -> log-mel pieces) and the Qwen2 tokenizer
     with the Baichuan special tokens, plus the chat template of the released speech-chat demo.
@@ -254,7 +236,8 @@ class BaichuanAudioProcessor(ProcessorMixin):
     def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
         """Render (and by default with ``tokenize=True`` also tokenize) conversations.
 
-        Content parts: ``{"type": "text", "text": ...}``, ``{"type": "audio", "audio"|"path"|"url": ...}`` (input
+        Content parts: ``{"type": "text", "text": ...}``, ``{"type": "audio", "audio"|"path"|"url": ...}`` or
+        ``{"type": "audio", "array": ..., "sampling_rate": ...}`` (the training format, :mod:`.audio_io`; input
         speech in user/system turns; in assistant turns: earlier spoken answer given as a waveform, re-encoded),
         ``{"type": "audio_codes", "codes": (N, num_codebooks)}`` (assistant turns: codes the model generated). Template
         variables: ``audio_output=True`` (ask for a spoken answer: ``<audiotext_start_baichuan>`` before every
@@ -277,7 +260,8 @@ class BaichuanAudioProcessor(ProcessorMixin):
             # "sampling_rate" or the given sampling_rate), so the processor call below gets the model rate
             fe_rate = int(getattr(self.feature_extractor, "sampling_rate", INPUT_SAMPLING_RATE))
             processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
-            array_rate = int(kwargs.pop("sampling_rate", None) or processor_kwargs.get("sampling_rate") or fe_rate)
+            array_rate = kwargs.pop("sampling_rate", None) or processor_kwargs.get("sampling_rate") or fe_rate
+            array_rate = check_sampling_rate(array_rate, "sampling_rate")
             processor_kwargs["sampling_rate"] = fe_rate
             kwargs["processor_kwargs"] = processor_kwargs
             is_batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
@@ -319,16 +303,11 @@ class BaichuanAudioProcessor(ProcessorMixin):
                 parts = []
                 for part in content:
                     if isinstance(part, dict) and part.get("type") == "audio":
-                        src = next((part[k] for k in ("audio", "path", "url") if part.get(k) is not None), None)
-                        if src is None:
-                            raise ValueError("an audio content part needs 'audio', 'path' or 'url'")
-                        if isinstance(src, (str, os.PathLike)):
-                            wav, rate = read_audio_file(str(src))
-                        elif isinstance(src, dict):
-                            wav, rate = src["array"], int(src.get("sampling_rate", array_rate))
-                        else:
-                            wav, rate = src, int(part.get("sampling_rate", array_rate))
-                        part = {"type": "audio", "audio": self.feature_extractor.prepare_waveform(wav, rate)}
+                        # the one content-part format of inference and training (audio_io.audio_part_source)
+                        kind, source = audio_part_source(part, default_rate=array_rate)
+                        if kind == "codes":
+                            raise ValueError("an audio part with 'codes' must have type 'audio_codes'")
+                        part = {"type": "audio", "audio": self.feature_extractor.prepare_waveform(*source)}
                     parts.append(part)
                 message = {**message, "content": parts}
             out.append(message)
@@ -377,7 +356,7 @@ class BaichuanAudioProcessor(ProcessorMixin):
             raise ValueError("text is required (use asr_prompt()/tts_prompt() or apply_chat_template)")
         texts = [text] if isinstance(text, str) else list(text)
         fe_rate = int(getattr(self.feature_extractor, "sampling_rate", INPUT_SAMPLING_RATE))
-        waves = self._waveform_iter(audio, sampling_rate or fe_rate)
+        waves = self._waveform_iter(audio, check_sampling_rate(sampling_rate or fe_rate, "sampling_rate"))
         codes_iter = iter([self._as_codes(c) for c in audio_codes]) if audio_codes is not None else None
 
         parsed, clips = self._parse(texts, waves, codes_iter)
@@ -576,9 +555,9 @@ class BaichuanAudioProcessor(ProcessorMixin):
 
         def load(a):
             if isinstance(a, (str, os.PathLike)):
-                return read_audio_file(str(a))
+                return read_audio_file(a)
             if isinstance(a, dict):  # datasets' Audio feature
-                return a["array"], int(a.get("sampling_rate", sampling_rate))
+                return audio_part_source({"audio": a}, default_rate=sampling_rate)[1]
             return a, sampling_rate
 
         return (load(a) for a in flat)
@@ -632,7 +611,16 @@ class BaichuanAudioProcessor(ProcessorMixin):
     def _attach_codes(self, audio_segments: list[dict], audio_codes) -> None:
         if isinstance(audio_codes, (list, tuple)):
             if len(audio_codes) != len(audio_segments):
-                raise ValueError(f"{len(audio_codes)} code segments for {len(audio_segments)} audio segments")
+                # A switch token the loop never followed with audio (e.g. a text-only row that emitted it without
+                # suppression) is an audio segment of no frames and no codes: give those empty codes.
+                spoken = [s for s in audio_segments if s["num_frames"] > 0]
+                nonempty = [c for c in audio_codes if len(c) > 0]
+                if len(spoken) != len(nonempty):
+                    raise ValueError(f"{len(audio_codes)} code segments for {len(audio_segments)} audio segments")
+                width = self._as_codes(nonempty[0]).shape[1] if nonempty else 1
+                for seg in audio_segments:
+                    seg["codes"] = torch.zeros(0, width, dtype=torch.long)
+                audio_segments, audio_codes = spoken, nonempty
             for seg, codes in zip(audio_segments, audio_codes, strict=True):
                 seg["codes"] = self._as_codes(codes, allow_empty=True)
             return
@@ -710,5 +698,6 @@ __all__ = [
     "save_wav",
     "fill_audio_codes",
     "read_audio_file",
+    "InvalidAudioError",
     "register_processor",
 ]

@@ -68,7 +68,6 @@ k, the end-of-audio frame (``codebook_sizes[i]`` in every codebook) at the last 
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,7 +77,7 @@ import numpy as np
 import torch
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from ..processing.processor import read_audio_file
+from ..processing.audio_io import audio_part_source
 
 IGNORE_INDEX = -100
 TASKS = ("asr", "aqa", "s2tt", "tts", "sft", "itts", "intlv")
@@ -111,31 +110,12 @@ def _parts(content) -> list[dict]:
 
 
 def _audio_source(part: dict):
-    """``("codes", tensor)`` or ``("wave", (array, rate))`` of an audio part."""
-    if part.get("type") == "audio_codes" or part.get("codes") is not None:
-        codes = torch.as_tensor(np.asarray(part["codes"], dtype=np.int64))
-        if codes.ndim != 2 or codes.shape[0] == 0:
-            raise ValueError(f"audio_codes must be (frames > 0, num_codebooks), got shape {tuple(codes.shape)}")
-        return "codes", codes
-    src = next((part[k] for k in ("audio", "path", "array", "url") if part.get(k) is not None), None)
-    if src is None:
-        raise ValueError(f"audio part without 'path', 'array', 'audio' or 'codes': {sorted(part)}")
-    if isinstance(src, (str, os.PathLike)):
-        return "wave", read_audio_file(str(src))
-    if isinstance(src, dict) and src.get("array") is None:  # datasets' Audio(decode=False): {"bytes", "path"}
-        if src.get("bytes"):
-            import io
-
-            import soundfile as sf
-
-            data, rate = sf.read(io.BytesIO(src["bytes"]), dtype="float32")
-            return "wave", (data, int(rate))
-        return "wave", read_audio_file(str(src["path"]))
-    if isinstance(src, dict):
-        return "wave", (np.asarray(src["array"], dtype=np.float32), int(src["sampling_rate"]))
-    if part.get("sampling_rate") is None:
-        raise ValueError("an audio part given as an array needs 'sampling_rate'")
-    return "wave", (np.asarray(src, dtype=np.float32), int(part["sampling_rate"]))
+    """``("codes", tensor)`` or ``("wave", (array, rate))`` of an audio part: the inference format
+    (:func:`~transformers_baichuan_audio.processing.audio_io.audio_part_source`), with no default rate for arrays."""
+    kind, source = audio_part_source(part, default_rate=None)
+    if kind == "wave" and not isinstance(source[0], (np.ndarray, torch.Tensor)):
+        source = (np.asarray(source[0], dtype=np.float32), source[1])  # lists from JSON / Arrow
+    return kind, source
 
 
 def _is_audio(part: dict) -> bool:
