@@ -105,6 +105,26 @@ def load_model_and_processor(spec: str, vocoder: str | None = None, device: str 
     return model.to(device).eval(), processor, {}
 
 
+def positive_int(value: str) -> int:
+    """argparse type: an integer > 0 (``--max-new-tokens 0`` is refused like transformers refuses it)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {number}")
+    return number
+
+
+#: Errors of bad input that the sub-commands report as ``error: ...`` (exit status 2) instead of a traceback.
+def _input_errors() -> tuple[type[BaseException], ...]:
+    from .demo import AudioInputError
+    from .modeling.generation import PromptTooLongError
+    from .processing.audio_io import InvalidAudioError, OutputPathError
+
+    return (AudioInputError, InvalidAudioError, OutputPathError, PromptTooLongError, FileNotFoundError, UnicodeError)
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--vocoder", help="HiFT vocoder weights (hift.pt / .safetensors) for an original-layout model")
@@ -112,7 +132,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="LLM dtype")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling and of the vocoder noise")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the released sampling settings")
-    p.add_argument("--max-new-tokens", type=int, help="cap of text-only answers and transcripts (tokens)")
+    p.add_argument("--max-new-tokens", type=positive_int, help="cap of text-only answers and transcripts (tokens, > 0)")
 
 
 def _speech_chat(args: argparse.Namespace):
@@ -121,7 +141,7 @@ def _speech_chat(args: argparse.Namespace):
     model, processor, kwargs = load_model_and_processor(args.model, args.vocoder, args.device, args.dtype)
     if args.greedy:
         kwargs["do_sample"] = False
-    if args.max_new_tokens:
+    if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
     return SpeechChat(model, processor, kwargs, seed=args.seed)
 
@@ -150,21 +170,32 @@ def _record(seconds: float) -> tuple[int, object]:
     return rate, data.reshape(-1)
 
 
+def _reported(command):
+    """Run a sub-command; bad input (see :func:`_input_errors`) becomes ``error: ...`` on stderr and exit status 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except _input_errors() as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    run.__doc__ = command.__doc__
+    return run
+
+
 def _cmd_chat(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .demo import AudioInputError
-    from .processing.processor import save_wav
+    from .processing.audio_io import check_output_path, save_wav
 
     if not (args.audio or args.text or args.record):
         raise SystemExit("chat: give --audio FILE, --record SECONDS and/or --text TEXT")
+    if not args.no_speech:
+        check_output_path(args.out)  # before loading the model and generating
     chat = _speech_chat(args)
     audio = _record(args.record) if args.record else args.audio
-    try:
-        user = chat.user_message(audio, args.text)
-    except AudioInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    user = chat.user_message(audio, args.text)
     speak = not args.no_speech and chat.can_speak
     pieces = []
     for event in chat.stream_turn([user], voice=args.voice, speak=speak):
@@ -183,28 +214,18 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_asr(args: argparse.Namespace) -> int:
-    from .demo import AudioInputError
-
     chat = _speech_chat(args)
-    try:
-        print(chat.transcribe(args.audio))
-    except AudioInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    print(chat.transcribe(args.audio))
     return 0
 
 
 def _cmd_tts(args: argparse.Namespace) -> int:
-    from .demo import AudioInputError
-    from .processing.processor import save_wav
+    from .processing.audio_io import check_output_path, save_wav
 
+    check_output_path(args.out)  # before loading the model and generating
     text = Path(args.text_file).read_text(encoding="utf-8") if args.text_file else args.text
     chat = _speech_chat(args)
-    try:
-        wave = chat.synthesize(text or "")
-    except AudioInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    wave = chat.synthesize(text or "")
     save_wav(args.out, wave)
     print(f"speech ({wave.shape[0] / 24000:.2f} s, 24 kHz) written to {args.out}", file=sys.stderr)
     return 0
@@ -271,22 +292,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", help="input speech file (wav, flac, ogg; at most 60 s)")
     p.add_argument("--record", type=float, metavar="SECONDS", help="record from the microphone (needs sounddevice)")
     p.add_argument("--text", help="typed input (alone or with the speech)")
-    p.add_argument("--out", default="answer.wav", help="where to write the spoken answer (24 kHz wav)")
+    p.add_argument(
+        "--out",
+        default="answer.wav",
+        help="where to write the spoken answer (24 kHz; .wav, .flac or .ogg; checked first)",
+    )
     p.add_argument("--voice", default=None, help="voice name of the system prompt (default: the released one)")
     p.add_argument("--no-speech", action="store_true", help="answer in text only")
-    p.set_defaults(func=_cmd_chat)
+    p.set_defaults(func=_reported(_cmd_chat))
 
     p = sub.add_parser("asr", help="transcribe a speech file (base-model ASR prompt)")
     _add_model_args(p)
     p.add_argument("audio", help="speech file (at most 60 s)")
-    p.set_defaults(func=_cmd_asr)
+    p.set_defaults(func=_reported(_cmd_asr))
 
     p = sub.add_parser("tts", help="speak a text (base-model TTS prompt) into a 24 kHz wav")
     _add_model_args(p)
     p.add_argument("text", nargs="?", help="the text (or use --text-file)")
     p.add_argument("--text-file", help="read the text from this UTF-8 file")
-    p.add_argument("--out", default="speech.wav", help="output wav (24 kHz)")
-    p.set_defaults(func=_cmd_tts)
+    p.add_argument("--out", default="speech.wav", help="output file (24 kHz; .wav, .flac or .ogg; checked first)")
+    p.set_defaults(func=_reported(_cmd_tts))
 
     p = sub.add_parser("bench", help="run the benchmark scripts under benchmarks/ (source checkout)")
     p.add_argument("names", nargs="*", help="benchmarks to run (default: all), e.g. audio_tokenizer")

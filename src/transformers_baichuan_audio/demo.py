@@ -7,13 +7,19 @@ message); :meth:`SpeechChat.answer` is the same turn without streaming. :func:`m
 127.0.0.1 (never a public share link).
 
 Audio streaming. Speech is decoded phrase by phrase with the code2wav streaming decoder (a chunk per 25 code
-frames) as the codes are generated; phrases are joined with the same 240-sample cross-fade block as
-``model.decode_audio_segments``. The decoder's random draws come from a generator seeded per turn (``seed``), so
-the streamed chunks concatenate to exactly :meth:`SpeechChat.decode_answer` of the final codes. Gradio gets 16-bit
-WAV bytes per chunk (float chunks would be rescaled by each chunk's own peak).
+frames) as the codes are generated; phrases are joined with the same 240-sample overlapping cross-fade as
+``model.decode_audio_segments`` (no sample added; the stream is held back by those 240 samples, 10 ms). A phrase
+that ends at its first frame (end-of-audio first) adds nothing. The decoder's random draws come from a generator
+seeded per turn (``seed``), so the streamed chunks concatenate to exactly :meth:`SpeechChat.decode_answer` of the
+final codes. Gradio gets 16-bit WAV bytes per chunk (float chunks would be rescaled by each chunk's own peak).
 
 History. Each session's conversation lives in a ``gr.State`` as processor messages; the assistant's speech is kept
 as its generated CODES (``processor.to_assistant_message``), never as waveforms, and fed back without re-encoding.
+
+Limits (:class:`InputLimits`). User audio: length, size, silence, invalid samples; typed text length; a prompt that
+does not fit the model's context is refused before generating. Per session: one turn at a time and at most
+``max_turns`` turns (then "Clear"); the app's queue holds at most ``max_queue`` waiting requests (Gradio refuses
+more) and runs ``concurrency`` turns at once.
 """
 
 import io
@@ -27,7 +33,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .modeling.generation import PromptTooLongError, check_prompt_length, crossfade
 from .modeling.streaming import BaichuanAudioStreamer
+from .processing.audio_io import InvalidAudioError, read_audio_file
 from .processing.processor import DEFAULT_VOICE, OUTPUT_SAMPLING_RATE
 
 #: Voice names for the system prompt ``请用【...】这个声音回答问题。``: the released demo's default; the selector also
@@ -44,13 +52,17 @@ class AudioInputError(ValueError):
 class InputLimits:
     """Limits on user audio. ``max_seconds``/``max_megabytes``: upper bounds; ``min_seconds``: shortest clip;
     ``silence_peak``: a clip whose peak amplitude is below this (full scale 1.0) counts as silence;
-    ``max_text_chars``: longest typed message / TTS text."""
+    ``max_text_chars``: longest typed message / TTS text; ``max_turns``: user turns per session (app);
+    ``max_queue``: waiting requests of the app's queue; ``concurrency``: turns generated at once (app)."""
 
     max_seconds: float = 60.0
     max_megabytes: float = 20.0
     min_seconds: float = 0.2
     silence_peak: float = 1e-3
     max_text_chars: int = 2000
+    max_turns: int = 20
+    max_queue: int = 16
+    concurrency: int = 2
 
 
 def check_text(text: str | None, limits: InputLimits) -> str:
@@ -64,8 +76,9 @@ def check_text(text: str | None, limits: InputLimits) -> str:
 def load_user_audio(value, limits: InputLimits | None = None) -> tuple[np.ndarray, int]:
     """``(mono float32 waveform, sampling_rate)`` of a Gradio audio value (a file path or ``(sr, int16 array)``).
 
-    Raises :class:`AudioInputError` with a user-facing message for files that are too big or not audio, clips that
-    are too long, too short or silent.
+    Raises :class:`AudioInputError` with a user-facing message for files that are missing, too big, not audio or
+    truncated, clips that are too long (checked from the header, before reading), too short, silent or with
+    invalid (NaN / infinite) samples.
     """
     limits = limits or InputLimits()
     if isinstance(value, (str, os.PathLike)):
@@ -79,31 +92,45 @@ def load_user_audio(value, limits: InputLimits | None = None) -> tuple[np.ndarra
 
         try:
             info = sf.info(path)
-            if info.frames / info.samplerate > limits.max_seconds:
-                raise AudioInputError(
-                    f"The recording is {info.frames / info.samplerate:.0f} s long; the limit is {limits.max_seconds:g} s."
-                )
-            data, rate = sf.read(path, dtype="float32", always_2d=True)
-        except AudioInputError:
-            raise
-        except Exception as err:  # soundfile raises several types for unreadable files
-            raise AudioInputError("This file is not an audio file that can be read (try WAV, FLAC or OGG).") from err
+        except Exception:  # soundfile raises several types for unreadable files
+            info = None
+        if info is not None and info.samplerate > 0 and info.frames / info.samplerate > limits.max_seconds:
+            raise AudioInputError(
+                f"The recording is {info.frames / info.samplerate:.0f} s long; the limit is {limits.max_seconds:g} s."
+            )
+        try:
+            data, rate = read_audio_file(path)
+        except (InvalidAudioError, FileNotFoundError) as err:
+            reason = err.reason if isinstance(err, InvalidAudioError) else "not found"
+            raise AudioInputError(
+                f"This file is not an audio file that can be read (try WAV, FLAC or OGG): {reason}."
+            ) from err
+        data = data.reshape(data.shape[0], -1)
     elif isinstance(value, tuple) and len(value) == 2:
-        rate, data = int(value[0]), np.asarray(value[1])
+        rate, data = value[0], np.asarray(value[1])
+        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+            raise AudioInputError(f"The audio has an invalid sampling rate ({rate!r}).")
+        if data.dtype == np.bool_ or not (
+            np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
+        ):
+            raise AudioInputError(f"The audio samples have an unsupported type ({data.dtype}).")
         if np.issubdtype(data.dtype, np.integer):
             data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
-        data = data.astype(np.float32).reshape(data.shape[0], -1)
+        data = data.astype(np.float32).reshape(data.shape[0], -1) if data.ndim else data.reshape(0, 1)
     else:
         raise AudioInputError("Please record or upload some audio first.")
+    rate = int(rate)
     wave = data.mean(axis=1) if data.ndim == 2 else data
-    seconds = wave.shape[0] / max(rate, 1)
+    seconds = wave.shape[0] / rate
     if seconds > limits.max_seconds:
         raise AudioInputError(f"The recording is {seconds:.0f} s long; the limit is {limits.max_seconds:g} s.")
     if seconds < limits.min_seconds:
         raise AudioInputError(f"The recording is too short ({seconds:.2f} s); please say something longer.")
-    if not np.isfinite(wave).all() or float(np.abs(wave).max()) < limits.silence_peak:
+    if not np.isfinite(data).all():
+        raise AudioInputError("The recording contains invalid samples (NaN or infinity); it cannot be used.")
+    if float(np.abs(wave).max()) < limits.silence_peak:
         raise AudioInputError("The recording is silent; please check the microphone and try again.")
-    return np.ascontiguousarray(wave, dtype=np.float32), int(rate)
+    return np.ascontiguousarray(wave, dtype=np.float32), rate
 
 
 def to_pcm16(waveform) -> np.ndarray:
@@ -149,50 +176,68 @@ class _StoppableStreamer(BaichuanAudioStreamer):
 
 
 class PhraseJoiner:
-    """Streams the join of phrase waveforms exactly as :func:`join_waveforms` joins whole ones.
+    """Streams the join of phrase waveforms exactly as :func:`join_waveforms` (``mode="crossfade"``) joins whole ones.
 
-    Between two phrases ``join_waveforms`` inserts a block ``prev[-n:] * ramp_down + next[:n] * ramp_up`` (when both
-    are longer than ``n`` samples); here the head of a phrase is held back until more than ``n`` of its samples (or
-    its end) are known, then the block is emitted before it.
+    Where two phrases both have more than ``n`` samples, ``join_waveforms`` overlaps the last ``n`` samples of the
+    output so far with the first ``n`` of the next phrase (linear cross-fade, no sample added). Here the last ``n``
+    samples of the stream are always held back (they may still be cross-faded), and so is a new phrase's head until
+    it is known whether the phrase is longer than ``n``; :meth:`finish` releases the rest at the end of the answer.
+    Empty phrases (an audio segment that ended at its first frame) change nothing.
     """
 
     def __init__(self, overlap: int = CROSSFADE):
         self.overlap = overlap
-        self.prev_tail: torch.Tensor | None = None  # last `overlap` samples of the previous phrase, if long enough
+        self.hold = torch.zeros(0)  # last `overlap` samples of the stream, not emitted yet
+        self.prev_length = 0  # samples of the previous non-empty phrase
         self._reset()
 
     def _reset(self) -> None:
-        self.held: list[torch.Tensor] = []  # head of the current phrase, not emitted yet
+        self.head: list[torch.Tensor] = []  # start of the current phrase while the cross-fade is undecided
         self.length = 0  # samples of the current phrase so far
-        self.released = False  # the head (and the cross-fade block) has been emitted
-        self.tail = torch.zeros(0)  # last `overlap` samples of the current phrase
+        self.decided = False
 
-    def _release(self) -> torch.Tensor:
-        head = torch.cat(self.held) if self.held else torch.zeros(0)
-        parts = []
-        if self.prev_tail is not None and self.length > self.overlap:
-            ramp = torch.linspace(0.0, 1.0, self.overlap, dtype=head.dtype)
-            parts.append(self.prev_tail * ramp.flip(0) + head[: self.overlap] * ramp)
-        parts.append(head)
-        self.held, self.released = [], True
-        return torch.cat(parts)
+    def _append(self, samples: torch.Tensor) -> torch.Tensor:
+        """Add samples to the stream; emit all but the last ``overlap``."""
+        stream = torch.cat([self.hold, samples])
+        cut = max(stream.shape[0] - self.overlap, 0)
+        self.hold = stream[cut:]
+        return stream[:cut]
+
+    def _decide(self, force: bool = False) -> torch.Tensor:
+        head = torch.cat(self.head) if self.head else torch.zeros(0)
+        n = self.overlap
+        fade = self.prev_length > n and self.length > n
+        if not (fade or force or self.prev_length <= n):
+            return torch.zeros(0)  # the previous phrase is long: wait until this one is longer than n (or ends)
+        self.decided, self.head = True, []
+        if fade:  # the held samples are exactly the stream's last n
+            self.hold, head = torch.zeros(0), torch.cat([crossfade(self.hold, head[:n]), head[n:]])
+        return self._append(head)
 
     def push(self, chunk: torch.Tensor) -> torch.Tensor:
         """Samples of the current phrase -> samples to play now (maybe none)."""
         chunk = chunk.detach().float().cpu().reshape(-1)
         self.length += chunk.shape[0]
-        self.tail = torch.cat([self.tail, chunk])[-self.overlap :]
-        if self.released:
-            return chunk
-        self.held.append(chunk)
-        return self._release() if self.length > self.overlap else torch.zeros(0)
+        if self.decided:
+            return self._append(chunk)
+        self.head.append(chunk)
+        return self._decide()
 
     def end_phrase(self) -> torch.Tensor:
-        """The current phrase ended: the samples still held back."""
-        out = torch.zeros(0) if self.released else self._release()
-        self.prev_tail = self.tail.clone() if self.length > self.overlap else None
+        """The current phrase ended: the samples that can be played now."""
+        if self.length == 0:
+            self._reset()
+            return torch.zeros(0)
+        out = torch.zeros(0) if self.decided else self._decide(force=True)
+        self.prev_length = self.length
         self._reset()
         return out
+
+    def finish(self) -> torch.Tensor:
+        """The answer ended: every sample still held back (a phrase not closed by :meth:`end_phrase` included)."""
+        out = self.end_phrase()
+        rest, self.hold, self.prev_length = self.hold, torch.zeros(0), 0
+        return torch.cat([out, rest])
 
 
 @dataclass
@@ -247,15 +292,34 @@ class SpeechChat:
         return {"role": "user", "content": content}
 
     def _inputs(self, messages: list[dict], voice: str, speak: bool):
-        return self.processor.apply_chat_template(
-            messages,
-            audio_output=speak,
-            voice=voice or DEFAULT_VOICE,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-        )
+        try:
+            inputs = self.processor.apply_chat_template(
+                messages,
+                audio_output=speak,
+                voice=voice or DEFAULT_VOICE,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+            )
+        except InvalidAudioError as err:
+            raise AudioInputError(f"This audio cannot be used: {err.reason}.") from err
+        self.check_context(inputs)
+        return inputs
+
+    def check_context(self, inputs) -> None:
+        """:class:`AudioInputError` (a user-facing message) when the prompt does not fit the model's context."""
+        ids = inputs["input_ids"]
+        pad_id = getattr(self.model.config, "audio_pad_token_id", None)
+        try:
+            check_prompt_length(
+                int(ids.shape[-1]),
+                int((ids == pad_id).sum()) if pad_id is not None else 0,
+                int(self.model.config.get_text_config().max_position_embeddings),
+                "This conversation",
+            )
+        except PromptTooLongError as err:
+            raise AudioInputError(str(err)) from err
 
     def _generate_kwargs(self, inputs, speak: bool) -> dict:
         device = self.model.device
@@ -324,6 +388,9 @@ class SpeechChat:
                     chunk = joiner.end_phrase()
                     if chunk.numel():
                         yield TurnEvent("audio", audio=chunk)
+            chunk = joiner.finish()  # the last samples held back for a cross-fade
+            if chunk.numel():
+                yield TurnEvent("audio", audio=chunk)
         finally:
             if thread.is_alive():  # the consumer left early (e.g. Gradio cancelled the event): end generation
                 stop.set()
@@ -370,6 +437,7 @@ class SpeechChat:
         """Base-model ASR of a Gradio audio value / file path (validated)."""
         wave, rate = load_user_audio(audio, self.limits)
         inputs = self.processor.asr(wave, sampling_rate=rate, return_tensors="pt")
+        self.check_context(inputs)
         kwargs = self._generate_kwargs(inputs, speak=False)
         kwargs.setdefault("max_new_tokens", 256)
         with torch.no_grad():
@@ -392,6 +460,8 @@ class SpeechChat:
         chunks = [
             tok.encode(c, add_special_tokens=False, split_special_tokens=True) for c in split_tts_text(text.strip())
         ]
+        inputs = {"input_ids": torch.tensor([[t for chunk in chunks for t in chunk]])}
+        self.check_context(inputs)  # the chunks + one switch token each must fit, before any audio
         kwargs = self._generate_kwargs({}, speak=True)
         kwargs.update(speech_mode="tts", tts_chunks=[chunks], tokenizer=tok)
         with torch.no_grad():
@@ -440,13 +510,38 @@ def make_demo(
     chat = SpeechChat(model, processor, generation_kwargs, seed=seed, limits=limits)
     if stream_audio is None:
         stream_audio = shutil.which("ffmpeg") is not None
-    stops: dict[str, threading.Event] = {}  # per session (keyed by Gradio's session hash), only for the stop button
+    stops: dict[str, threading.Event] = {}  # the running turn of each session (keyed by Gradio's session hash)
+    lock = threading.Lock()
 
     def respond(audio, text, voice, speak, history, request: gr.Request = None):
         """Generator of (chatbot, answer audio, status, history, cleared audio input, cleared text)."""
         history = list(history or [])
         session = getattr(request, "session_hash", None) or "local"
-        stop = stops[session] = threading.Event()
+        with lock:
+            busy = session in stops
+            if not busy:
+                stop = stops[session] = threading.Event()
+        if busy:  # per-session limit: one turn at a time (the running turn keeps its stop button)
+            yield (
+                _chat_display(history),
+                None,
+                "⚠️ A turn is still running: wait for it or press Stop.",
+                history,
+                gr.skip(),
+                gr.skip(),
+            )
+            return
+        try:
+            yield from _respond(audio, text, voice, speak, history, stop)
+        finally:
+            with lock:
+                stops.pop(session, None)
+
+    def _respond(audio, text, voice, speak, history, stop):
+        if len(history) // 2 >= chat.limits.max_turns:
+            message = f"⚠️ This conversation has {chat.limits.max_turns} turns, the limit: press Clear to start again."
+            yield _chat_display(history), None, message, history, gr.skip(), gr.skip()
+            return
         try:
             user = chat.user_message(audio, text)
         except AudioInputError as err:
@@ -474,6 +569,8 @@ def make_demo(
                     status = "Stopped." if event.stopped else "Done."
                     audio_out = wav_bytes(np.concatenate(pcm)) if (pcm and not stream_audio) else None
                     yield shown, audio_out, status, new_history, gr.skip(), gr.skip()
+        except AudioInputError as err:  # e.g. the conversation no longer fits the model's context
+            yield _chat_display(history), None, f"⚠️ {err}", history, gr.skip(), gr.skip()
         except Exception as err:  # never a stack trace in the UI
             yield (
                 shown,
@@ -483,8 +580,6 @@ def make_demo(
                 gr.skip(),
                 gr.skip(),
             )
-        finally:
-            stops.pop(session, None)
 
     def stop_turn(request: gr.Request = None):
         event = stops.get(getattr(request, "session_hash", None) or "local")
@@ -559,7 +654,7 @@ def make_demo(
             tts_out = gr.Audio(label="Speech", interactive=False)
             tts_status = gr.Markdown("")
             tts_btn.click(synthesize, tts_in, [tts_out, tts_status])
-    demo.queue(default_concurrency_limit=2)
+    demo.queue(default_concurrency_limit=chat.limits.concurrency, max_size=chat.limits.max_queue)
     return demo
 
 
