@@ -34,6 +34,8 @@ from transformers import CompileConfig
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.utils import logging
 
+from .compile_settings import compile_settings, drop_static_input_mark, recompile_limit
+
 logger = logging.get_logger(__name__)
 
 #: Model inputs that only the first (prefill) step carries; such steps always run eagerly.
@@ -96,7 +98,7 @@ class SpeechDecodeSteps:
             self._compiled_head_step = compiled_function(model.audio_head, "forward_position", compile_config)
             self._static_len = int(cache.get_max_length())
             # One graph per codebook position (and batch size): raise dynamo's per-function limit to fit them.
-            self._recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * model.audio_head.num_codebooks)
+            self._recompile_limit = max(recompile_limit(), 4 * model.audio_head.num_codebooks)
 
     def _prepare_cache(self, cache: Cache) -> Cache:
         """With inductor's ``freezing``, drop the static-address marks of the cache tensors: frozen graphs bake
@@ -105,8 +107,8 @@ class SpeechDecodeSteps:
             for layer in cache.layers:
                 for name in ("keys", "values", "cumulative_length"):
                     tensor = getattr(layer, name, None)
-                    if isinstance(tensor, torch.Tensor) and hasattr(tensor, "_dynamo_static_input_type"):
-                        del tensor._dynamo_static_input_type
+                    if isinstance(tensor, torch.Tensor):
+                        drop_static_input_mark(tensor)
         return cache
 
     @property
@@ -120,11 +122,8 @@ class SpeechDecodeSteps:
         no-op."""
         if not self.compiled:
             return contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch._dynamo.config.patch(recompile_limit=self._recompile_limit))
-        if self.compile_config.backend == "inductor" and self.compile_config.options:
-            stack.enter_context(torch._inductor.config.patch(self.compile_config.options))
-        return stack
+        inductor = self.compile_config.backend == "inductor" and self.compile_config.options
+        return compile_settings(self._recompile_limit, self.compile_config.options if inductor else None)
 
     def llm(self, model_inputs: dict) -> torch.Tensor:
         """One LLM forward of ``model_inputs`` (``input_ids`` (B, q), the full ``attention_mask``, ``position_ids``,
