@@ -22,7 +22,7 @@ def check_transformers_version(version: str | None = None) -> None:
     if installed < Version(MIN_TRANSFORMERS):
         raise ImportError(
             f"transformers-baichuan-audio needs transformers>={MIN_TRANSFORMERS} (the 5.24 `cache=` API); "
-            f"found {installed}. Upgrade with: pip install -U 'transformers>={MIN_TRANSFORMERS},<5.25'"
+            f"found {installed}. Upgrade with: pip install -U 'transformers>={MIN_TRANSFORMERS}'"
         )
 
 
