@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from transformers_baichuan_audio.conversion.code2wav_weights import convert_original_code2wav_weights
 from transformers_baichuan_audio.conversion.config import config_from_original
-from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioCode2Wav, convert_original_code2wav_weights
+from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioCode2Wav
 
 
 @pytest.fixture(scope="module", autouse=True)

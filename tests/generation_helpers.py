@@ -9,10 +9,8 @@ import pytest
 import torch
 
 from transformers_baichuan_audio.conversion.config import config_from_original, read_added_tokens
-from transformers_baichuan_audio.modeling.baichuan_audio import (
-    BaichuanAudioForConditionalGeneration,
-    convert_original_model_weights,
-)
+from transformers_baichuan_audio.conversion.llm_weights import convert_original_model_weights
+from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
 
 GenerationModel = BaichuanAudioForConditionalGeneration  # it inherits BaichuanAudioGenerationMixin
 
@@ -30,7 +28,7 @@ def load_fixture_model(fixture_dir: str, with_code2wav: bool = False):
     model = GenerationModel(config).eval()
     converted, _ = convert_original_model_weights(fixture.original_state_dict(), config)
     if with_code2wav:
-        from transformers_baichuan_audio.modeling.code2wav import convert_original_code2wav_weights
+        from transformers_baichuan_audio.conversion.code2wav_weights import convert_original_code2wav_weights
 
         code2wav, _ = convert_original_code2wav_weights(fixture.original_state_dict(), fixture.vocoder_state_dict())
         converted.update({"code2wav." + k: v for k, v in code2wav.items()})
@@ -60,10 +58,8 @@ def fixture_audio_codes(fixture_dir: str, wav_name: str) -> torch.Tensor:
     import dataclasses
 
     from transformers_baichuan_audio.configuration import BaichuanAudioTokenizerConfig
-    from transformers_baichuan_audio.modeling.audio_tokenizer import (
-        BaichuanAudioTokenizerModel,
-        convert_original_audio_tokenizer_weights,
-    )
+    from transformers_baichuan_audio.conversion.audio_tokenizer_weights import convert_original_audio_tokenizer_weights
+    from transformers_baichuan_audio.modeling.audio_tokenizer import BaichuanAudioTokenizerModel
     from transformers_baichuan_audio.reference_fixtures import ReferenceFixture
 
     fixture = ReferenceFixture(fixture_dir)

@@ -155,7 +155,7 @@ def _reference_head_logits(original: dict, hidden, codes, tables, num_layers: in
 
 def test_multi_head_conversion_matches_the_original_layout():
     """The fixture has 1 attention head; check the in_proj split and FFN slicing with several heads."""
-    from transformers_baichuan_audio.modeling.baichuan_audio import convert_original_model_weights
+    from transformers_baichuan_audio.conversion.llm_weights import convert_original_model_weights
 
     config = BaichuanAudioConfig.tiny()
     head_config = config.audio_head_config

@@ -10,11 +10,8 @@ import pytest
 import torch
 
 from transformers_baichuan_audio.configuration import BaichuanAudioTokenizerConfig
-from transformers_baichuan_audio.modeling.audio_tokenizer import (
-    BaichuanAudioTokenizerModel,
-    convert_original_audio_tokenizer_weights,
-    infer_feature_length,
-)
+from transformers_baichuan_audio.conversion.audio_tokenizer_weights import convert_original_audio_tokenizer_weights
+from transformers_baichuan_audio.modeling.audio_tokenizer import BaichuanAudioTokenizerModel, infer_feature_length
 from transformers_baichuan_audio.processing.feature_extraction import BaichuanAudioFeatureExtractor
 
 # Contexts recorded by the fixture: which frontend mels are collated (right zero padding), in order.

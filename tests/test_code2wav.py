@@ -13,13 +13,13 @@ import pytest
 import torch
 from code2wav_helpers import code2wav_one_thread, load_fixture_code2wav  # noqa: F401  (autouse fixture)
 
-from transformers_baichuan_audio.modeling.code2wav import (
-    BaichuanAudioCode2Wav,
+from transformers_baichuan_audio.conversion.code2wav_weights import (
     Code2WavConversionError,
     convert_original_code2wav_weights,
     convert_original_vocoder_weights,
     fold_weight_norm,
 )
+from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioCode2Wav
 from transformers_baichuan_audio.modeling.vocoder import NSFSourceDraws
 
 TOL = 1e-4  # fp32 parity of hidden states / mels (see module docstring)
@@ -304,7 +304,7 @@ def test_eager_attention_equals_sdpa(model, decode_expected):
 
 
 def test_load_vocoder_checkpoint_pickle_is_weights_only(reference_fixture, tmp_path):
-    from transformers_baichuan_audio.modeling.code2wav import load_vocoder_checkpoint
+    from transformers_baichuan_audio.conversion.checkpoint import load_vocoder_state_dict as load_vocoder_checkpoint
 
     state = reference_fixture.vocoder_state_dict()
     torch.save(state, tmp_path / "hift.pt")

@@ -14,11 +14,8 @@ import pytest
 import torch
 
 from transformers_baichuan_audio.configuration import TOKEN_ID_FIELDS, BaichuanAudioConfig
-from transformers_baichuan_audio.modeling.baichuan_audio import (
-    DROPPED_ORIGINAL_KEYS,
-    BaichuanAudioForConditionalGeneration,
-    convert_original_model_weights,
-)
+from transformers_baichuan_audio.conversion.llm_weights import DROPPED_ORIGINAL_KEYS, convert_original_model_weights
+from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
 
 OWNED_PREFIXES = ("model.", "lm_head.", "audio_head.")
 NOT_OWNED_NEW_PREFIXES = ("model.audio_tokenizer.", "code2wav.")

@@ -11,12 +11,12 @@ Which original keys go where (each component documents its own mapping and its l
 ============================================  =============================================  ======================
 original prefix                               component converter                            new prefix
 ============================================  =============================================  ======================
-``model.*`` (LLM, ``W_pack`` split),          ``modeling.baichuan_audio.                      ``model.language_model``,
+``model.*`` (LLM, ``W_pack`` split),          ``conversion.llm_weights.                       ``model.language_model``,
 ``model.audio_embed_layers.*``, ``lm_head``,  convert_original_model_weights``               ``model.audio_embed``,
 ``audio_head.*``                                                                             ``lm_head``, ``audio_head``
-``audio_tokenizer.audio_model.*``,            ``modeling.audio_tokenizer.                     ``model.audio_tokenizer``
+``audio_tokenizer.audio_model.*``,            ``conversion.audio_tokenizer_weights.           ``model.audio_tokenizer``
 ``audio_tokenizer.audio_bridge_model.*``      convert_original_audio_tokenizer_weights``
-``audio_tokenizer.audio_decoder.*``,          ``modeling.code2wav.                            ``code2wav``
+``audio_tokenizer.audio_decoder.*``,          ``conversion.code2wav_weights.                  ``code2wav``
 ``..audio_flow_matching_decoder.*``,          convert_original_code2wav_weights``
 ``..proj_decoder.*``, codebooks (again),
 the HiFT vocoder state dict
@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..configuration import BaichuanAudioConfig
+from .audio_tokenizer_weights import convert_original_audio_tokenizer_weights
 from .checkpoint import (
     ComponentConverter,
     OriginalCheckpoint,
@@ -42,7 +43,9 @@ from .checkpoint import (
     convert_tensors,
     load_vocoder_state_dict,
 )
+from .code2wav_weights import convert_original_code2wav_weights, convert_original_vocoder_weights
 from .config import ConversionError, config_from_original, original_llm_settings, read_added_tokens
+from .llm_weights import convert_original_model_weights
 
 TOKENIZER_PREFIX = "model.audio_tokenizer."
 CODE2WAV_PREFIX = "code2wav."
@@ -63,9 +66,6 @@ def component_converters(config: BaichuanAudioConfig, original_config: dict | No
     converted config (q/k/v biases, a normalised LM head, tied embeddings), with the original's defaults for absent
     fields; without it the released checkpoints' layout is assumed.
     """
-    from ..modeling.audio_tokenizer import convert_original_audio_tokenizer_weights
-    from ..modeling.baichuan_audio import convert_original_model_weights
-
     layout = {}
     if original_config is not None:
         llm = original_llm_settings(original_config)
@@ -79,8 +79,6 @@ def component_converters(config: BaichuanAudioConfig, original_config: dict | No
         _prefixed(TOKENIZER_PREFIX, convert_original_audio_tokenizer_weights),
     ]
     if config.enable_audio_output:
-        from ..modeling.code2wav import convert_original_code2wav_weights
-
         converters.append(_prefixed(CODE2WAV_PREFIX, lambda t: convert_original_code2wav_weights(t, None)))
     else:
         converters.append(_code2wav_dropper)
@@ -99,8 +97,6 @@ def _code2wav_dropper(tensors: Mapping[str, torch.Tensor]):
 
 def convert_vocoder(vocoder_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HiFT state dict (``hift.pt`` layout, weight norm as ``weight_g``/``weight_v``) -> ``code2wav.vocoder.*``."""
-    from ..modeling.code2wav import convert_original_vocoder_weights
-
     return {CODE2WAV_PREFIX + k: v for k, v in convert_original_vocoder_weights(vocoder_state).items()}
 
 

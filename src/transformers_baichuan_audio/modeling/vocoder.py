@@ -14,7 +14,7 @@ Pipeline (as the original ``HiFTGenerator.forward``):
 
 The random draws of the NSF source (initial phases, Gaussian noise) can be injected, or drawn from a
 ``torch.Generator``; with neither, they come from the global RNG in the original's order (phase, then noise).
-Weight norm is folded into plain weights at conversion time (see ``convert_original_code2wav_weights``).
+Weight norm is folded into plain weights at conversion time (see ``conversion.code2wav_weights``).
 
 The vocoder is not causal: each output sample depends on at most ``receptive_field_frames()`` mel frames on both
 sides, and the source phase on every earlier sample; the streaming decoder of :mod:`.code2wav` carries the phase sum
