@@ -394,7 +394,7 @@ def _injection_text(proc) -> str:
     return "say " + " and ".join(proc.tokenizer.added_tokens_encoder) + f" {PLACEHOLDER} done"
 
 
-@pytest.mark.parametrize("which", ["tiny", "fixture"])
+@pytest.mark.parametrize("which", ["tiny", pytest.param("fixture", marks=pytest.mark.reference)])
 def test_injection_never_yields_control_ids(which, tiny_processor, request):
     proc = tiny_processor if which == "tiny" else request.getfixturevalue("fixture_processor")
     evil = _injection_text(proc)

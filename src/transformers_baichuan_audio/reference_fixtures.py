@@ -139,17 +139,30 @@ class ReferenceFixture:
         return wav.astype(np.float32), sr
 
 
+#: Environment variable naming the reference fixture directory (first place looked at).
+FIXTURE_ENV = "BAICHUAN_AUDIO_FIXTURE"
+#: Where the fixture lies relative to the folder that holds the checkout (second place looked at).
+SHARED_FIXTURE = Path("shared") / "fixtures" / "reference" / "tiny-a"
+
+
+def checkout_fixture_dir() -> Path:
+    """``<checkout>/../shared/fixtures/reference/tiny-a`` for this source checkout (``<checkout>/src/<package>``)."""
+    return Path(__file__).resolve().parents[2].parent / SHARED_FIXTURE
+
+
 def default_fixture_dir() -> Path | None:
-    """The tiny-a fixture of the checkout's sibling ``shared/`` folder, or ``$BAICHUAN_AUDIO_FIXTURE``."""
-    env = os.environ.get("BAICHUAN_AUDIO_FIXTURE")
+    """The tiny-a reference fixture, looked up in this order (no download location is published yet):
+
+    1. ``$BAICHUAN_AUDIO_FIXTURE``, returned as given even when it is not a fixture directory (so that a wrong
+       setting is reported instead of silently skipped);
+    2. ``../shared/fixtures/reference/tiny-a`` beside the source checkout.
+
+    Returns None when neither is set / present (the tests that need it are then skipped)."""
+    env = os.environ.get(FIXTURE_ENV)
     if env:
         return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        for cand in (parent / "shared" / "fixtures" / "reference" / "tiny-a",):
-            if (cand / "config.json").is_file():
-                return cand
-    return None
+    candidate = checkout_fixture_dir()
+    return candidate if (candidate / "config.json").is_file() else None
 
 
-__all__ = ["ReferenceFixture", "default_fixture_dir"]
+__all__ = ["FIXTURE_ENV", "SHARED_FIXTURE", "ReferenceFixture", "checkout_fixture_dir", "default_fixture_dir"]
