@@ -482,12 +482,13 @@ class BaichuanAudioGenerationMixin:
         return int(self.config.get_text_config().max_position_embeddings)
 
     def _speech_check_context(self, rows, context: int, cache_room: int, fed: int, streamer) -> None:
-        """End the rows whose next feed would pass the model's context (or a static cache's columns), with a warning:
-        an audio segment in progress is kept (its frames so far), the answer ends there."""
+        """End the rows whose sequence reached the model's context (as transformers' ``max_length``: a sequence never
+        has more tokens than ``max_position_embeddings``) or whose next feed would pass a static cache's columns,
+        with a warning: an audio segment in progress is kept (its frames so far), the answer ends there."""
         width = max(len(row.pending) for row in rows if row.phase != "done")
         cache_full = cache_room > 0 and fed + width > cache_room
         for r, row in enumerate(rows):
-            if row.phase == "done" or (len(row.seq) <= context and not cache_full):
+            if row.phase == "done" or (len(row.seq) < context and not cache_full):  # sequences stay <= context
                 continue
             limit = f"the static cache's {cache_room} columns" if cache_full else f"the model's context ({context})"
             warnings.warn(f"generation of row {r} stopped at {limit}: the answer is cut there", stacklevel=4)
