@@ -3,7 +3,10 @@
 :class:`BaichuanAudioGenerationMixin` adds ``generate(..., output_audio=...)`` to the model class:
 
 * ``output_audio=False`` (default): the stock :meth:`transformers.GenerationMixin.generate` (greedy, sampling,
-  streamers, stopping criteria, ...), nothing changed.
+  streamers, stopping criteria, ...), unchanged except that a prompt beyond ``max_position_embeddings`` raises
+  :class:`PromptTooLongError` first. It does not mask audio tokens (the original's text answers can contain
+  ``<audiogen_start>``); pass ``suppress_tokens=[...]`` (e.g. the ids of :data:`AUDIO_BLOCK_TOKEN_FIELDS` and
+  ``audiogen_start_token_id``) for text that never switches, as the speech loop's ``"text"`` rows do by default.
 * ``output_audio=True``: the explicit loop below. Every row of the batch is a small state machine that moves on its
   own between a TEXT phase (LM head + text logits processors) and an AUDIO phase (one LLM step per frame, the
   incremental audio head, per-codebook processors), so rows of different lengths and modes share one batched forward

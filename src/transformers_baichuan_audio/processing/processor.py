@@ -245,6 +245,12 @@ class BaichuanAudioProcessor(ProcessorMixin):
         message), ``add_generation_prompt``. ``sanitize_control_tokens`` defaults to ``tokenize``.
         Codes and waveforms cannot both be used for assistant speech in one call.
 
+        Limits: audio takes 12.5 positions per second (a 30 s piece: 375) and the model's context is
+        ``max_position_embeddings`` positions (8,192 in the default config, 4,096 in ``.tiny()``); the processor
+        does not know the model, ``generate`` refuses a longer prompt with ``PromptTooLongError`` before any forward.
+        Audio files: a missing file raises ``FileNotFoundError``, an unreadable one ``InvalidAudioError`` (see
+        :mod:`.audio_io`).
+
         With ``tokenize=True`` every added-token string found in the messages or in the template variables (e.g.
         ``voice``) is encoded as plain text (``sanitize_control_tokens=True``, the default then); pass
         ``sanitize_control_tokens=False`` only for trusted conversations that deliberately write control tokens.
