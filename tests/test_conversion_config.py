@@ -133,6 +133,14 @@ def test_inconsistent_original_is_a_conversion_error(reference_fixture):
         config_from_original(original)
 
 
+def test_scale_embedding_is_not_applied(reference_fixture):
+    """The original encoder computes sqrt(d_model) for ``scale_embedding`` but never multiplies by it (measured
+    against the original code: applying it changes the encoder output by ~4 and the codes)."""
+    original = copy.deepcopy(reference_fixture.config)
+    original["audio_config"]["scale_embedding"] = True
+    assert config_from_original(original).audio_tokenizer_config.scale_embedding is False
+
+
 def test_explicit_head_dim_is_carried(reference_fixture):
     """heads * head_dim != hidden_size (Qwen3-style): read, never derived."""
     original = copy.deepcopy(reference_fixture.config)

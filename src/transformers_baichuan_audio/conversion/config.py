@@ -93,15 +93,18 @@ def _audio_settings(audio: dict) -> dict:
     for key in ORIGINAL_AUDIO_REQUIRED:
         settings[key] = _require(audio, key, "audio_config.")
     settings["split_overlap"] = float(settings["split_overlap"])
-    settings["scale_embedding"] = bool(settings["scale_embedding"])
+    # The original encoder computes ``embed_scale`` from ``scale_embedding`` but its forward never applies it: the
+    # converted encoder must not scale either, whatever the field says.
+    settings["scale_embedding"] = False
     vq = _require(audio, "vq_config", "audio_config.")
     settings["codebook_sizes"] = [int(n) for n in _require(vq, "codebook_sizes", "audio_config.vq_config.")]
-    # The original encoder's convolutions are padded by 1 while its length formula pads by kernel_size // 2: the two
-    # agree (and the original runs) only for kernel sizes 2 and 3.
+    # The original encoder's convolutions are padded by 1 while its processor computes the encoder lengths with a
+    # kernel_size // 2 padding: the two agree only for kernel sizes 2 and 3 (else the original's own pipeline gives
+    # lengths its encoder does not produce).
     if settings["kernel_size"] // 2 != 1:
         raise ConversionError(
             f"original audio_config.kernel_size={settings['kernel_size']}: the original encoder pads its convolutions "
-            "by 1 but computes lengths with kernel_size // 2, so only kernel sizes 2 and 3 run"
+            "by 1 but its processor computes lengths with kernel_size // 2, which agree only for kernel sizes 2 and 3"
         )
     return settings
 
