@@ -16,7 +16,8 @@ the original's:
   post-net (a k=5 conv + GroupNorm per ``vocoder_config.channels[:-1]``, then a 1x1 projector; Mish has no weights).
 * flow matching: prenet (in MLP, Whisper-style layers with RMS/Layer norms without bias, out projection, a saved
   positional table), matcha U-Net (``channels`` levels, ``n_blocks`` transformer blocks, ``num_mid_blocks``, time
-  MLP 4 * channels[0], stride-2 down / transposed up samplers on inner levels, causal k=3 convs on the last).
+  MLP 4 * channels[0], stride-2 down / transposed up samplers on inner levels, causal k=3 convs on the last;
+  the feed-forward activation decides the projection width (GEGLU: 2 x 4 dim) and SnakeBeta's alpha / beta).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def random_original_config(seed: int) -> dict:
             "n_blocks": rng.choice([1, 2]),
             "num_mid_blocks": rng.choice([1, 2]),
             "num_heads": rng.choice([1, 2]),
-            "act_fn": "gelu",
+            "act_fn": rng.choice(["gelu", "gelu-approximate", "geglu", "geglu-approximate", "snakebeta"]),
             "cal_mel_mae": True,
             "cfm_params": {"sigma_min": 1e-6, "t_scheduler": "cosine", "inference_cfg_rate": 0.7},
         },
@@ -284,11 +285,14 @@ def _unet_block(dim: int, dim_out: int, time_dim: int) -> dict[str, tuple]:
     return out
 
 
-def _unet_transformer(dim: int, heads: int, head_dim: int) -> dict[str, tuple]:
+def _unet_transformer(dim: int, heads: int, head_dim: int, act_fn: str) -> dict[str, tuple]:
     inner = heads * head_dim
     out = {f"attn1.to_{n}.weight": (inner, dim) for n in "qkv"}
     out.update(_prefixed("attn1.to_out.0", _linear(dim, inner)))
-    out.update(_prefixed("ff.net.0.proj", _linear(4 * dim, dim)))
+    # diffusers GEGLU projects to twice the inner width; SnakeBeta adds per-channel alpha / beta
+    out.update(_prefixed("ff.net.0.proj", _linear((8 if act_fn == "geglu" else 4) * dim, dim)))
+    if act_fn == "snakebeta":
+        out.update({"ff.net.0.alpha": (4 * dim,), "ff.net.0.beta": (4 * dim,)})
     out.update(_prefixed("ff.net.2", _linear(dim, 4 * dim)))
     out.update(_prefixed("norm1", _norm(dim)))
     out.update(_prefixed("norm3", _norm(dim)))
@@ -298,7 +302,8 @@ def _unet_transformer(dim: int, heads: int, head_dim: int) -> dict[str, tuple]:
 def _unet_level(fm: dict, dim: int, dim_out: int, time_dim: int) -> dict[str, tuple]:
     out = _prefixed("0", _unet_block(dim, dim_out, time_dim))
     for b in range(fm["n_blocks"]):
-        out.update(_prefixed(f"1.{b}", _unet_transformer(dim_out, fm["num_heads"], fm["attention_head_dim"])))
+        block = _unet_transformer(dim_out, fm["num_heads"], fm["attention_head_dim"], fm["act_fn"])
+        out.update(_prefixed(f"1.{b}", block))
     return out
 
 

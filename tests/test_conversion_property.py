@@ -195,6 +195,7 @@ def test_random_configs_cover_the_hard_cases():
     assert any(not c["attention_qkv_pack"] for c in cfgs) and any(not c["attention_qkv_bias"] for c in cfgs)
     assert any(c["use_norm_head"] for c in cfgs)
     assert any(len(c["flow_matching_config"]["channels"]) > 1 for c in cfgs)
+    assert len({c["flow_matching_config"]["act_fn"] for c in cfgs}) >= 3
     sizes = [n for c in cfgs for n in c["audio_config"]["vq_config"]["codebook_sizes"]]
     assert any(n & (n - 1) for n in sizes), "no codebook size that is not a power of two"
 

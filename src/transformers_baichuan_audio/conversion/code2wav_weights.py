@@ -45,6 +45,10 @@ _UNET_RULES = [
         r"\1_blocks.\2.transformer_blocks.\3.ff.proj_in.\4",
     ),
     (
+        r"^(down|mid|up)_blocks\.(\d+)\.1\.(\d+)\.ff\.net\.0\.(alpha|beta)$",  # snakebeta activation
+        r"\1_blocks.\2.transformer_blocks.\3.ff.\4",
+    ),
+    (
         r"^(down|mid|up)_blocks\.(\d+)\.1\.(\d+)\.ff\.net\.2\.(weight|bias)$",
         r"\1_blocks.\2.transformer_blocks.\3.ff.proj_out.\4",
     ),

@@ -164,24 +164,48 @@ class BaichuanAudioUNetAttention(nn.Module):
         return self.to_out(out.reshape(bsz, seq_len, self.num_heads * self.head_dim))
 
 
+#: The matcha feed-forward activations the original accepts (``FeedForward(activation_fn=...)``).
+UNET_FEED_FORWARD_ACTIVATIONS = ("gelu", "gelu-approximate", "geglu", "geglu-approximate", "snakebeta")
+
+
 class BaichuanAudioUNetFeedForward(nn.Module):
-    """Linear(dim, 4 dim) -> GELU -> Linear(4 dim, dim)."""
+    """``proj_in`` (dim -> 4 dim) with the activation, then ``proj_out`` (4 dim -> dim); the activations of the
+    original's matcha ``FeedForward``:
+
+    * ``gelu`` / ``gelu-approximate``: GELU (exact / tanh) of the projection;
+    * ``geglu``: the projection is 2 x 4 dim wide, ``h * gelu(gate)`` of its two halves;
+    * ``geglu-approximate``: ``h * sigmoid(1.702 h)`` (diffusers' ``ApproximateGELU``);
+    * ``snakebeta``: ``h + sin(h e^alpha)^2 / (e^beta + 1e-9)`` with per-channel log-scale ``alpha`` / ``beta``.
+    """
 
     def __init__(self, dim: int, act_fn: str):
         super().__init__()
-        if act_fn == "gelu":
-            self.act = nn.GELU()
-        elif act_fn == "gelu-approximate":
-            self.act = nn.GELU(approximate="tanh")
-        else:
+        if act_fn not in UNET_FEED_FORWARD_ACTIVATIONS:
             raise ValueError(
-                f"U-Net feed-forward: unsupported act_fn {act_fn!r} (expected 'gelu' or 'gelu-approximate')"
+                f"U-Net feed-forward: unsupported act_fn {act_fn!r} (expected one of {UNET_FEED_FORWARD_ACTIVATIONS})"
             )
-        self.proj_in = nn.Linear(dim, 4 * dim)
-        self.proj_out = nn.Linear(4 * dim, dim)
+        self.act_fn = act_fn
+        inner = 4 * dim
+        self.proj_in = nn.Linear(dim, 2 * inner if act_fn == "geglu" else inner)
+        if act_fn == "snakebeta":
+            self.alpha = nn.Parameter(torch.zeros(inner))
+            self.beta = nn.Parameter(torch.zeros(inner))
+        self.proj_out = nn.Linear(inner, dim)
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        if self.act_fn == "gelu":
+            return F.gelu(h)
+        if self.act_fn == "gelu-approximate":
+            return F.gelu(h, approximate="tanh")
+        if self.act_fn == "geglu":
+            h, gate = h.chunk(2, dim=-1)
+            return h * F.gelu(gate)
+        if self.act_fn == "geglu-approximate":
+            return h * torch.sigmoid(1.702 * h)
+        return h + (1.0 / (torch.exp(self.beta) + 1e-9)) * torch.sin(h * torch.exp(self.alpha)).pow(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_out(self.act(self.proj_in(x)))
+        return self.proj_out(self.activate(self.proj_in(x)))
 
 
 class BaichuanAudioUNetTransformerBlock(GradientCheckpointingLayer):
