@@ -178,3 +178,9 @@ def test_vocoder_config_from_original_constructor_arguments(reference_fixture):
     assert cfg.istft_hop_length == original["istft_params"]["hop_len"]
     assert cfg.f0_predictor_cond_channels == original["f0_predictor"]["cond_channels"]
     assert cfg.upsample_rates == original["upsample_rates"]
+
+
+def test_vocoder_source_branches_need_one_entry_per_upsampling_stage():
+    """HiFT adds one source branch after each upsampling stage: a shorter list would fail deep in the forward."""
+    with pytest.raises(Exception, match="one entry per upsampling stage"):
+        BaichuanAudioVocoderConfig(source_resblock_kernel_sizes=[7], source_resblock_dilation_sizes=[[1, 3, 5]])

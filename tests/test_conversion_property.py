@@ -50,8 +50,8 @@ VOCODER_CONFIG = {
     "istft_params": {"n_fft": 16, "hop_len": 4},
     "resblock_kernel_sizes": [3],
     "resblock_dilation_sizes": [[1, 3]],
-    "source_resblock_kernel_sizes": [7],
-    "source_resblock_dilation_sizes": [[1, 3]],
+    "source_resblock_kernel_sizes": [7, 7, 11],
+    "source_resblock_dilation_sizes": [[1, 3], [1, 3], [1, 3]],
     "f0_predictor": {"num_class": 1, "in_channels": 80, "cond_channels": 16},
 }
 
@@ -250,3 +250,31 @@ def test_spec_is_the_recorded_original_layout(reference_fixture):
     """original_layout.py's key/shape formulas reproduce the tiny-a checkpoint that the original code saved."""
     recorded = {k: tuple(v.shape) for k, v in reference_fixture.original_state_dict().items()}
     assert original_state_shapes(reference_fixture.config) == recorded
+
+
+def test_speech_pipeline_runs_on_random_configs(converted):
+    """Interleaved speech generation (audio head, every codebook) and code2wav (decoder, prenet, U-Net, vocoder,
+    the streaming decoder) run on every drawn shape; the streamed waveform has the one-shot length."""
+    from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioStreamingDecoder
+
+    cfg, _, model, _, _ = converted
+    ids = torch.tensor([[1, 2, 3, model.config.audiogen_start_token_id]])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(
+            ids, output_audio=True, speech_mode="tts", do_sample=True, audio_max_frames=6, max_new_tokens=4
+        )
+    books = cfg["audio_config"]["vq_config"]["codebook_sizes"]
+    segments = out.audio_codes[0]
+    for codes in segments:
+        assert codes.shape[-1] == len(books)
+        assert all(int(codes[:, i].max()) < n for i, n in enumerate(books))  # no end-of-audio class inside
+    frames = torch.stack([torch.randint(0, n, (30,)) for n in books], dim=-1)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        wave = model.code2wav.decode([frames], generator=gen).audio_values[0]
+        stream = BaichuanAudioStreamingDecoder(model.code2wav, generator=torch.Generator().manual_seed(0))
+        chunks = [stream.push(frames[i : i + 7]) for i in range(0, 30, 7)] + [stream.finish()]
+    streamed = torch.cat([c.reshape(-1) for c in chunks if c is not None and c.numel()])
+    assert torch.isfinite(wave).all() and wave.numel() > 0
+    assert streamed.numel() == wave.reshape(-1).numel()

@@ -205,6 +205,14 @@ class BaichuanAudioVocoderConfig(PreTrainedConfig):
             raise ValueError(
                 "BaichuanAudioVocoderConfig: `resblock_kernel_sizes` and `resblock_dilation_sizes` differ in length"
             )
+        # one source branch (downsampling conv + resblock) is added after each upsampling stage
+        n_up = len(self.upsample_rates)
+        if not len(self.source_resblock_kernel_sizes) == len(self.source_resblock_dilation_sizes) == n_up:
+            raise ValueError(
+                "BaichuanAudioVocoderConfig: `source_resblock_kernel_sizes` and `source_resblock_dilation_sizes` need "
+                f"one entry per upsampling stage ({n_up}), got {len(self.source_resblock_kernel_sizes)} and "
+                f"{len(self.source_resblock_dilation_sizes)}"
+            )
 
     @property
     def hop_length(self) -> int:
