@@ -255,7 +255,7 @@ def test_spec_is_the_recorded_original_layout(reference_fixture):
 def test_speech_pipeline_runs_on_random_configs(converted):
     """Interleaved speech generation (audio head, every codebook) and code2wav (decoder, prenet, U-Net, vocoder,
     the streaming decoder) run on every drawn shape; the streamed waveform has the one-shot length."""
-    from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioStreamingDecoder
+    from transformers_baichuan_audio.modeling.code2wav_streaming import BaichuanAudioStreamingDecoder
 
     cfg, _, model, _, _ = converted
     ids = torch.tensor([[1, 2, 3, model.config.audiogen_start_token_id]])
