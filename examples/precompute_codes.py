@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import argparse
 
-from transformers_baichuan_audio.training.loading import load_model_and_processor, load_rows
+from transformers_baichuan_audio.loading import load_model_and_processor
+from transformers_baichuan_audio.training.loading import load_rows
 from transformers_baichuan_audio.training.precompute import precompute_audio_codes
 
 
@@ -31,7 +32,7 @@ def main(argv=None):
     p.add_argument("--shard_size", type=int, default=1024)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    model, _ = load_model_and_processor(args.model)
+    model, _ = load_model_and_processor(args.model, device="cpu", dtype="float32", training=True)
     audio_tokenizer = model.model.audio_tokenizer.to(args.device).eval()
     manifest = precompute_audio_codes(
         load_rows(args.dataset),

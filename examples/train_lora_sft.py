@@ -29,13 +29,9 @@ from __future__ import annotations
 
 import argparse
 
+from transformers_baichuan_audio.loading import load_model_and_processor
 from transformers_baichuan_audio.training import BaichuanAudioCollator, lora_sft_config
-from transformers_baichuan_audio.training.loading import (
-    add_training_arguments,
-    load_model_and_processor,
-    load_rows,
-    training_arguments_kwargs,
-)
+from transformers_baichuan_audio.training.loading import add_training_arguments, load_rows, training_arguments_kwargs
 from transformers_baichuan_audio.training.recipes import load_lora
 
 
@@ -55,7 +51,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    model, processor = load_model_and_processor(args.model, dtype="bfloat16" if args.bf16 else "float32")
+    dtype = "bfloat16" if args.bf16 else "float32"
+    model, processor = load_model_and_processor(args.model, device="cpu", dtype=dtype, training=True)
     if args.merge_adapter:
         merged = load_lora(model, args.merge_adapter, merge=True)
         merged.save_pretrained(args.merged_output_dir)

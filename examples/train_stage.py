@@ -24,6 +24,7 @@ import argparse
 
 from transformers import Trainer, TrainingArguments
 
+from transformers_baichuan_audio.loading import load_model_and_processor
 from transformers_baichuan_audio.training import BaichuanAudioCollator, apply_stage, loading
 
 
@@ -37,7 +38,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    model, processor = loading.load_model_and_processor(args.model, dtype="bfloat16" if args.bf16 else "float32")
+    dtype = "bfloat16" if args.bf16 else "float32"
+    model, processor = load_model_and_processor(args.model, device="cpu", dtype=dtype, training=True)
     trainable = apply_stage(model, args.stage)
     print(f"stage {args.stage}: {len(trainable)} trainable tensors")
     if args.gradient_checkpointing:

@@ -11,7 +11,7 @@ serves on 127.0.0.1 (Spaces set ``GRADIO_SERVER_NAME`` themselves).
 import os
 import sys
 
-from transformers_baichuan_audio.cli import DEFAULT_MODEL
+from transformers_baichuan_audio.loading import DEFAULT_MODEL
 from transformers_baichuan_audio.demo import main
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ import soundfile as sf
 import torch
 from demo_helpers import GREEDY, single_thread, tiny_model_and_processor
 
-from transformers_baichuan_audio import cli, tiny_random
-from transformers_baichuan_audio.demo import SpeechChat, make_demo
+from transformers_baichuan_audio import chat, cli, loading, tiny_random
+from transformers_baichuan_audio.chat import SpeechChat
+from transformers_baichuan_audio.demo import make_demo
 from transformers_baichuan_audio.modeling.generation import PromptTooLongError, join_waveforms
 from transformers_baichuan_audio.processing.audio_io import InvalidAudioError, OutputPathError, save_wav
 
@@ -318,12 +319,11 @@ def test_huge_and_empty_text(tiny, handlers, capsys):
 
 def test_ten_minute_clip_is_refused_before_reading(files, handlers, monkeypatch):
     """The CLI / demo check the duration in the header: the samples are never read."""
-    from transformers_baichuan_audio import demo
 
     def no_read(path):
         raise AssertionError("the 10-minute file was read")
 
-    monkeypatch.setattr(demo, "read_audio_file", no_read)
+    monkeypatch.setattr(chat, "read_audio_file", no_read)
     assert "limit is 60 s" in _demo_turn(handlers, files["ten_minutes"])[2]
 
 
@@ -367,7 +367,7 @@ def test_bad_output_path_is_refused_before_generating(tmp_path, files, monkeypat
         "directory": tmp_path,
         "extension": tmp_path / "x.mp3",
     }[where]
-    monkeypatch.setattr(cli, "load_model_and_processor", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(loading, "load_model_and_processor", lambda *a, **k: pytest.fail("the model was loaded"))
     args = ["--audio", files["16k"]] if command == "chat" else ["Hello!"]
     status, _, stderr = _cli([command, "--model", "tiny-random", *args, "--out", str(out)], capsys)
     assert status == 2 and stderr.startswith("error: ") and list(tmp_path.iterdir()) == []
@@ -563,7 +563,7 @@ def test_concurrent_sessions_never_share_history(handlers):
 
 def test_one_turn_per_session_and_turn_limit(tiny):
     model, processor = tiny
-    from transformers_baichuan_audio.demo import InputLimits
+    from transformers_baichuan_audio.chat import InputLimits
 
     demo = make_demo(model, processor, TEXT_ONLY, limits=InputLimits(max_turns=1), stream_audio=False)
     fns = {f.name: f.fn for f in demo.fns.values() if f.name}
@@ -582,7 +582,7 @@ def test_one_turn_per_session_and_turn_limit(tiny):
 def test_queue_is_bounded(tiny, monkeypatch):
     import gradio as gr
 
-    from transformers_baichuan_audio.demo import InputLimits
+    from transformers_baichuan_audio.chat import InputLimits
 
     calls = []
     real_queue = gr.Blocks.queue

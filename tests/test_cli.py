@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from demo_helpers import single_thread, write_tone
 
-from transformers_baichuan_audio import cli
+from transformers_baichuan_audio import cli, loading
 from transformers_baichuan_audio.tiny_random import NOISE_NOTICE
 
 SUBCOMMANDS = ["convert", "check-parity", "demo", "chat", "asr", "tts", "bench"]
@@ -113,7 +113,7 @@ def test_converted_directory_loads_the_same_model(wav, tmp_path, capsys):
     in-memory tiny model (greedy)."""
     from demo_helpers import tiny_model_and_processor
 
-    from transformers_baichuan_audio.demo import SpeechChat
+    from transformers_baichuan_audio.chat import SpeechChat
 
     model, processor = tiny_model_and_processor()
     model.save_pretrained(tmp_path / "tiny")
@@ -147,6 +147,6 @@ def test_hub_id_of_an_original_layout_checkpoint_is_downloaded_then_converted(tm
         convert, "load_original_model", lambda path, vocoder, **kw: calls.update(path=path, vocoder=vocoder) or model
     )
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: processor.tokenizer)
-    loaded, loaded_processor, _ = cli.load_model_and_processor(cli.DEFAULT_MODEL, device="cpu")
+    loaded, loaded_processor = loading.load_model_and_processor(cli.DEFAULT_MODEL, device="cpu")
     assert calls == {"repo": cli.DEFAULT_MODEL, "path": snapshot, "vocoder": snapshot / "third_party" / "hift.pt"}
     assert loaded is model and loaded_processor.tokenizer is processor.tokenizer

@@ -21,15 +21,15 @@ import soundfile as sf
 import torch
 from demo_helpers import GREEDY, single_thread, tiny_model_and_processor, write_tone
 
-from transformers_baichuan_audio.demo import (
+from transformers_baichuan_audio.chat import (
     AudioInputError,
     InputLimits,
     PhraseJoiner,
     SpeechChat,
     load_user_audio,
-    make_demo,
     to_pcm16,
 )
+from transformers_baichuan_audio.demo import make_demo
 from transformers_baichuan_audio.modeling.generation import join_waveforms
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformers_baichuan_audio.training.tiny import TINY_CODEBOOK_SIZES
+from transformers_baichuan_audio.tiny_random import TINY_TRAINING_CODEBOOK_SIZES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,9 @@ def write_rows(path: Path, n=4):
     g = torch.Generator().manual_seed(0)
     with open(path, "w") as f:
         for i in range(n):
-            codes = torch.stack([torch.randint(0, s, (2 + i % 2,), generator=g) for s in TINY_CODEBOOK_SIZES], 1)
+            codes = torch.stack(
+                [torch.randint(0, s, (2 + i % 2,), generator=g) for s in TINY_TRAINING_CODEBOOK_SIZES], 1
+            )
             row = {
                 "task": "sft",
                 "messages": [
@@ -80,9 +82,9 @@ def test_two_cpu_processes_identical_weights(tmp_path):
     # the adapter was saved by the main process and loads back onto a fresh base model
     from peft import PeftModel
 
-    from transformers_baichuan_audio.training.loading import load_model_and_processor
+    from transformers_baichuan_audio.loading import load_model_and_processor
 
-    base, _ = load_model_and_processor("tiny-random")
+    base, _ = load_model_and_processor("tiny-random", device="cpu", training=True)
     reloaded = PeftModel.from_pretrained(base, str(tmp_path / "out"))
     import hashlib
 

@@ -13,25 +13,25 @@ import pytest
 import soundfile as sf
 import torch
 
+from transformers_baichuan_audio.tiny_random import TINY_TRAINING_CODEBOOK_SIZES, tiny_random_processor
 from transformers_baichuan_audio.training import IGNORE_INDEX, BaichuanAudioCollator
-from transformers_baichuan_audio.training.tiny import TINY_CODEBOOK_SIZES, build_tiny_processor
 
-K = len(TINY_CODEBOOK_SIZES)
-EOS_FRAME = list(TINY_CODEBOOK_SIZES)
+K = len(TINY_TRAINING_CODEBOOK_SIZES)
+EOS_FRAME = list(TINY_TRAINING_CODEBOOK_SIZES)
 
 
 @pytest.fixture(scope="module")
 def proc():
-    return build_tiny_processor()
+    return tiny_random_processor()
 
 
 @pytest.fixture(scope="module")
 def collator(proc):
-    return BaichuanAudioCollator(proc, TINY_CODEBOOK_SIZES)
+    return BaichuanAudioCollator(proc, TINY_TRAINING_CODEBOOK_SIZES)
 
 
 def codes(n, offset=0):
-    return [[(offset + f + k) % TINY_CODEBOOK_SIZES[k] for k in range(K)] for f in range(n)]
+    return [[(offset + f + k) % TINY_TRAINING_CODEBOOK_SIZES[k] for k in range(K)] for f in range(n)]
 
 
 class Expect:
@@ -204,10 +204,10 @@ def test_mixed_waveform_and_codes_needs_tokenizer(proc, collator):
 def test_model_loss_uses_the_labels(proc, collator):
     """The collator's batch drives the model's two losses (independent check: audio CE recomputed from logits)."""
     from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
-    from transformers_baichuan_audio.training.tiny import tiny_config_for
+    from transformers_baichuan_audio.tiny_random import tiny_training_config
 
     torch.manual_seed(0)
-    model = BaichuanAudioForConditionalGeneration(tiny_config_for(proc)).eval()
+    model = BaichuanAudioForConditionalGeneration(tiny_training_config(proc)).eval()
     row = {"task": "itts", "messages": [msg("assistant", T("ab"), C(codes(2)), T("c"), C(codes(1, 3)))]}
     batch = collator([row])
     out = model(**batch)
@@ -231,7 +231,7 @@ def test_collator_encodes_waveforms_with_audio_tokenizer(proc):
         "task": "sft",
         "messages": [msg("user", {"type": "audio", "array": wav, "sampling_rate": 16000}), msg("assistant", C(answer))],
     }
-    batch = BaichuanAudioCollator(proc, TINY_CODEBOOK_SIZES, audio_tokenizer=tokenizer)([row])
+    batch = BaichuanAudioCollator(proc, TINY_TRAINING_CODEBOOK_SIZES, audio_tokenizer=tokenizer)([row])
     heard = tokenizer.encode(audio=wav, sampling_rate=16000)[0].tolist()
     assert batch["audio_codes"].tolist() == heard + answer
     assert "input_features" not in batch

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_training_accelerate import write_rows
 
-from transformers_baichuan_audio.training.loading import load_model_and_processor
+from transformers_baichuan_audio.loading import load_model_and_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,10 @@ COMMON = ["--model", "tiny-random", "--max_steps", "2", "--use_cpu", "--batch_si
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("stage", [1, 2])
 def test_stage_example(tmp_path, rows_file, stage):
-    initial = {k: v.clone() for k, v in load_model_and_processor("tiny-random")[0].state_dict().items()}
+    initial = {
+        k: v.clone()
+        for k, v in load_model_and_processor("tiny-random", device="cpu", training=True)[0].state_dict().items()
+    }
     trainer = load_example("train_stage").main(
         ["--stage", str(stage), "--dataset", str(rows_file), "--output_dir", str(tmp_path), *COMMON]
     )
@@ -62,9 +65,11 @@ def test_lora_example_save_and_merge(tmp_path, rows_file):
     from safetensors.torch import load_file
 
     merged = load_file(str(merged_dir / "model.safetensors"))
-    base, _ = load_model_and_processor("tiny-random")
+    base, _ = load_model_and_processor("tiny-random", device="cpu", training=True)
     reference = PeftModel.from_pretrained(base, str(tmp_path / "lora")).merge_and_unload().state_dict()
     for name, value in reference.items():
         torch.testing.assert_close(merged[name], value, rtol=0, atol=0)  # same ops, same order: bit-exact
     q = "model.language_model.layers.0.self_attn.q_proj.weight"
-    assert not torch.equal(merged[q], load_model_and_processor("tiny-random")[0].state_dict()[q])
+    assert not torch.equal(
+        merged[q], load_model_and_processor("tiny-random", device="cpu", training=True)[0].state_dict()[q]
+    )

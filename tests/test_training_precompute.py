@@ -14,9 +14,9 @@ import torch
 
 from transformers_baichuan_audio.configuration import BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.audio_tokenizer import BaichuanAudioTokenizerModel
+from transformers_baichuan_audio.tiny_random import tiny_random_processor
 from transformers_baichuan_audio.training import BaichuanAudioCollator
 from transformers_baichuan_audio.training import precompute as pc
-from transformers_baichuan_audio.training.tiny import build_tiny_processor
 
 
 @pytest.fixture(scope="module")
@@ -104,5 +104,5 @@ def test_resume_after_interruptions(tmp_path, audio_tokenizer, monkeypatch):
     result = pc.read_precomputed(out)
     assert result == expected_rows(rows, audio_tokenizer)  # every row once, in order, codes exact
     # 4) the pre-computed rows feed the collator directly (codes, no waveform)
-    batch = BaichuanAudioCollator(build_tiny_processor(), audio_tokenizer.config.codebook_sizes)(result[:3])
+    batch = BaichuanAudioCollator(tiny_random_processor(), audio_tokenizer.config.codebook_sizes)(result[:3])
     assert "audio_codes" in batch and "input_features" not in batch

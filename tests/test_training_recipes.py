@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
+from transformers_baichuan_audio.tiny_random import tiny_random_processor, tiny_training_config
 from transformers_baichuan_audio.training import apply_stage1, apply_stage2, lora_sft_config, trainable_parameter_names
-from transformers_baichuan_audio.training.tiny import build_tiny_processor, tiny_config_for
 
 PROJECTIONS = (
     "self_attn.q_proj",
@@ -27,7 +27,7 @@ PROJECTIONS = (
 
 @pytest.fixture(scope="module")
 def config():
-    return tiny_config_for(build_tiny_processor(), enable_audio_output=True)
+    return tiny_training_config(tiny_random_processor(), enable_audio_output=True)
 
 
 def names_of(module, prefix):

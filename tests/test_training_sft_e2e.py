@@ -11,12 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
+from transformers_baichuan_audio.tiny_random import tiny_random_processor, tiny_training_config
 from transformers_baichuan_audio.training import BaichuanAudioCollator, lora_sft_config
-from transformers_baichuan_audio.training.tiny import (
-    build_tiny_processor,
-    speech_generation_model_class,
-    tiny_config_for,
-)
 
 ANSWERS = [("hello", "Hi there."), ("weather", "Sunny."), ("name", "Bai.")]
 
@@ -52,11 +49,11 @@ def test_sft_trainer_lora_reproduces_spoken_answer(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add contention on the 2-core CI box
     try:
-        processor = build_tiny_processor()
+        processor = tiny_random_processor()
         # initializer_range 0.1: the LM head stays frozen under LoRA, so its random rows must be large enough for the
         # text logits to separate (with 0.02 the greedy margins are tiny)
-        config = tiny_config_for(processor, initializer_range=0.1)
-        model = speech_generation_model_class()(config)
+        config = tiny_training_config(processor, initializer_range=0.1)
+        model = BaichuanAudioForConditionalGeneration(config)
         rows = _rows(config.codebook_sizes)
         args = SFTConfig(
             output_dir=str(tmp_path),

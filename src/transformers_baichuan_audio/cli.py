@@ -20,13 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = "baichuan-inc/Baichuan-Audio-Instruct"
-MODEL_HELP = (
-    "a converted directory, an original-layout directory (converted on the fly; pass --vocoder for speech output), "
-    "a hub id (downloaded with huggingface_hub.snapshot_download, then loaded or converted on the fly: the released "
-    f"repos are in the original layout) or 'tiny-random' (small random model, offline; its output is noise). "
-    f"Default: {DEFAULT_MODEL}"
-)
+from .loading import DEFAULT_MODEL, add_model_arguments, positive_int  # noqa: F401  (DEFAULT_MODEL: re-exported)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -52,110 +46,17 @@ def _cmd_check_parity(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-# ------------------------------------------------------------------------------------------------ model loading
-def _find_vocoder(root: Path) -> Path | None:
-    for name in ("hift.safetensors", "hift.pt"):
-        found = sorted(root.rglob(name))
-        if found:
-            return found[0]
-    return None
-
-
-def load_model_and_processor(spec: str, vocoder: str | None = None, device: str = "auto", dtype: str = "auto"):
-    """``(model, processor, generation_kwargs)`` for a ``--model`` value (see :data:`MODEL_HELP`)."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() and spec != "tiny-random" else "cpu"
-    from .tiny_random import NOISE_NOTICE, TINY_GENERATION_KWARGS, TINY_RANDOM, build_tiny_random
-
-    if spec == TINY_RANDOM:
-        print(NOISE_NOTICE, file=sys.stderr)
-        model, processor = build_tiny_random()
-        return model.to("cpu" if device == "auto" else device), processor, dict(TINY_GENERATION_KWARGS)
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    torch_dtype = getattr(torch, dtype)
-    path = Path(spec)
-    if not path.is_dir():
-        from huggingface_hub import snapshot_download
-
-        print(f"downloading {spec} from the Hugging Face hub ...", file=sys.stderr)
-        path = Path(snapshot_download(spec))
-    from .conversion.convert import is_original_checkpoint
-    from .processing.processor import BaichuanAudioProcessor
-
-    if is_original_checkpoint(path):
-        from .conversion.convert import load_original_model, processor_for_original
-
-        vocoder = vocoder or _find_vocoder(path)
-        if vocoder is None:
-            print("no --vocoder given (hift.pt): answers will be text only", file=sys.stderr)
-        print(f"converting the original checkpoint {path} on the fly ...", file=sys.stderr)
-        model = load_original_model(path, vocoder, dtype=torch_dtype)
-        tokenizer_dir = next((d for d in (path, path / "tokenizer") if (d / "tokenizer_config.json").exists()), path)
-        processor = processor_for_original(tokenizer_dir, model.config)
-    else:
-        from .modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
-
-        model = BaichuanAudioForConditionalGeneration.from_pretrained(path, dtype=torch_dtype)
-        processor = BaichuanAudioProcessor.from_pretrained(path)
-    if getattr(model, "code2wav", None) is not None:
-        model.code2wav.float()  # code2wav runs in fp32
-    return model.to(device).eval(), processor, {}
-
-
-def positive_int(value: str) -> int:
-    """argparse type: an integer > 0 (``--max-new-tokens 0`` is refused like transformers refuses it)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {number}")
-    return number
-
-
-#: Errors of bad input that the sub-commands report as ``error: ...`` (exit status 2) instead of a traceback.
-def _input_errors() -> tuple[type[BaseException], ...]:
-    from .demo import AudioInputError
-    from .modeling.generation import PromptTooLongError
-    from .processing.audio_io import InvalidAudioError, OutputPathError
-
-    return (AudioInputError, InvalidAudioError, OutputPathError, PromptTooLongError, FileNotFoundError, UnicodeError)
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--vocoder", help="HiFT vocoder weights (hift.pt / .safetensors) for an original-layout model")
-    p.add_argument("--device", default="auto", help="torch device (auto: cuda if available, else cpu; cpu, cuda:1...)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="LLM dtype")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling and of the vocoder noise")
-    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the released sampling settings")
-    p.add_argument("--max-new-tokens", type=positive_int, help="cap of text-only answers and transcripts (tokens, > 0)")
-
-
-def _speech_chat(args: argparse.Namespace):
-    from .demo import SpeechChat
-
-    model, processor, kwargs = load_model_and_processor(args.model, args.vocoder, args.device, args.dtype)
-    if args.greedy:
-        kwargs["do_sample"] = False
-    if args.max_new_tokens is not None:
-        kwargs["max_new_tokens"] = args.max_new_tokens
-    return SpeechChat(model, processor, kwargs, seed=args.seed)
-
-
 # ------------------------------------------------------------------------------------------------ sub-commands
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import launch, make_demo
-    from .tiny_random import NOISE_NOTICE, TINY_RANDOM
+def _speech_chat(args: argparse.Namespace):
+    from .chat import speech_chat_from_args
 
-    chat = _speech_chat(args)
-    notice = NOISE_NOTICE if args.model == TINY_RANDOM else None
-    demo = make_demo(chat.model, chat.processor, chat.generation_kwargs, seed=args.seed, notice=notice)
-    launch(demo, host=args.host, port=args.port)
-    return 0
+    return speech_chat_from_args(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import serve  # the app (Gradio); it never imports this module
+
+    return serve(args)
 
 
 def _record(seconds: float) -> tuple[int, object]:
@@ -171,12 +72,14 @@ def _record(seconds: float) -> tuple[int, object]:
 
 
 def _reported(command):
-    """Run a sub-command; bad input (see :func:`_input_errors`) becomes ``error: ...`` on stderr and exit status 2."""
+    """Run a sub-command; bad input (see :func:`.chat.input_errors`) becomes ``error: ...`` on stderr and exit status 2."""
 
     def run(args: argparse.Namespace) -> int:
+        from .chat import input_errors
+
         try:
             return command(args)
-        except _input_errors() as err:
+        except input_errors() as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
 
@@ -280,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check_parity)
 
     p = sub.add_parser("demo", help="launch the Gradio voice-chat app (speech chat, ASR, TTS) on 127.0.0.1")
-    _add_model_args(p)
+    add_model_arguments(p)
     p.add_argument(
         "--host", default=None, help="interface to bind (default $GRADIO_SERVER_NAME or 127.0.0.1; no share link)"
     )
@@ -288,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("chat", help="one turn: speech (and/or text) in, text streamed to the terminal, speech to a wav")
-    _add_model_args(p)
+    add_model_arguments(p)
     p.add_argument("--audio", help="input speech file (wav, flac, ogg; at most 60 s)")
     p.add_argument("--record", type=float, metavar="SECONDS", help="record from the microphone (needs sounddevice)")
     p.add_argument("--text", help="typed input (alone or with the speech)")
@@ -302,12 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_reported(_cmd_chat))
 
     p = sub.add_parser("asr", help="transcribe a speech file (base-model ASR prompt)")
-    _add_model_args(p)
+    add_model_arguments(p)
     p.add_argument("audio", help="speech file (at most 60 s)")
     p.set_defaults(func=_reported(_cmd_asr))
 
     p = sub.add_parser("tts", help="speak a text (base-model TTS prompt) into a 24 kHz wav")
-    _add_model_args(p)
+    add_model_arguments(p)
     p.add_argument("text", nargs="?", help="the text (or use --text-file)")
     p.add_argument("--text-file", help="read the text from this UTF-8 file")
     p.add_argument("--out", default="speech.wav", help="output file (24 kHz; .wav, .flac or .ogg; checked first)")

@@ -1,475 +1,41 @@
-"""The streaming voice-chat app (Gradio) and the turn logic shared with the command line.
+"""The streaming voice-chat app (Gradio): speech chat, ASR and TTS tabs over the engine of :mod:`.chat`.
 
-:class:`SpeechChat` is the model-facing part, with no Gradio in it: :meth:`SpeechChat.stream_turn` runs one chat turn
-in a background thread and yields :class:`TurnEvent` items (text deltas, 24 kHz audio chunks, the final assistant
-message); :meth:`SpeechChat.answer` is the same turn without streaming. :func:`make_demo` wraps it in a
-``gr.Blocks`` app (speech chat, ASR and TTS tabs) and builds nothing at import; :func:`launch` serves it on
-127.0.0.1 (never a public share link).
+:func:`make_demo` wraps a :class:`~.chat.SpeechChat` in a ``gr.Blocks`` app and builds nothing at import;
+:func:`launch` serves it on 127.0.0.1 (never a public share link); :func:`main` (= ``baichuan-audio demo``) loads
+the model from the command-line options and serves it.
 
-Audio streaming. Speech is decoded phrase by phrase with the code2wav streaming decoder (a chunk per 25 code
-frames) as the codes are generated; phrases are joined with the same 240-sample overlapping cross-fade as
-``model.decode_audio_segments`` (no sample added; the stream is held back by those 240 samples, 10 ms). A phrase
-that ends at its first frame (end-of-audio first) adds nothing. The decoder's random draws come from a generator
-seeded per turn (``seed``), so the streamed chunks concatenate to exactly :meth:`SpeechChat.decode_answer` of the
-final codes. Gradio gets 16-bit WAV bytes per chunk (float chunks would be rescaled by each chunk's own peak).
+Audio streaming. The engine streams 24 kHz chunks (see :mod:`.chat`); Gradio gets 16-bit WAV bytes per chunk (float
+chunks would be rescaled by each chunk's own peak).
 
-History. Each session's conversation lives in a ``gr.State`` as processor messages; the assistant's speech is kept
-as its generated CODES (``processor.to_assistant_message``), never as waveforms, and fed back without re-encoding.
+History. Each session's conversation lives in a ``gr.State`` as processor messages plus their display form; the
+assistant's speech is kept as its generated CODES, never as waveforms.
 
-Limits (:class:`InputLimits`). User audio: length, size, silence, invalid samples; typed text length; a prompt that
-does not fit the model's context is refused before generating. Per session: one turn at a time and at most
-``max_turns`` turns (then "Clear"); the app's queue holds at most ``max_queue`` waiting requests (Gradio refuses
-more) and runs ``concurrency`` turns at once.
+Limits (:class:`~.chat.InputLimits`). Besides the engine's checks of user input: per session one turn at a time and
+at most ``max_turns`` turns (then "Clear"); the app's queue holds at most ``max_queue`` waiting requests (Gradio
+refuses more) and runs ``concurrency`` turns at once.
 """
 
-import io
+from __future__ import annotations
+
+import argparse
 import os
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from .modeling.generation import PromptTooLongError, check_prompt_length, crossfade
-from .modeling.streaming import BaichuanAudioStreamer
-from .processing.audio_io import InvalidAudioError, read_audio_file
+from .chat import (
+    VOICES,
+    AudioInputError,
+    InputLimits,
+    SpeechChat,
+    speech_chat_from_args,
+    to_pcm16,
+    wav_bytes,
+)
+from .loading import add_model_arguments
 from .processing.processor import DEFAULT_VOICE, OUTPUT_SAMPLING_RATE
-
-#: Voice names for the system prompt ``请用【...】这个声音回答问题。``: the released demo's default; the selector also
-#: accepts any other name typed in.
-VOICES = [DEFAULT_VOICE]
-CROSSFADE = 240  # samples at 24 kHz, as the original demo's wave_concat
-
-
-class AudioInputError(ValueError):
-    """Rejected user audio; the message is shown to the user as is."""
-
-
-@dataclass
-class InputLimits:
-    """Limits on user audio. ``max_seconds``/``max_megabytes``: upper bounds; ``min_seconds``: shortest clip;
-    ``silence_peak``: a clip whose peak amplitude is below this (full scale 1.0) counts as silence;
-    ``max_text_chars``: longest typed message / TTS text; ``max_turns``: user turns per session (app);
-    ``max_queue``: waiting requests of the app's queue; ``concurrency``: turns generated at once (app)."""
-
-    max_seconds: float = 60.0
-    max_megabytes: float = 20.0
-    min_seconds: float = 0.2
-    silence_peak: float = 1e-3
-    max_text_chars: int = 2000
-    max_turns: int = 20
-    max_queue: int = 16
-    concurrency: int = 2
-
-
-def check_text(text: str | None, limits: InputLimits) -> str:
-    """The stripped text, or :class:`AudioInputError` when it is longer than ``limits.max_text_chars``."""
-    text = (text or "").strip()
-    if len(text) > limits.max_text_chars:
-        raise AudioInputError(f"The text has {len(text)} characters; the limit is {limits.max_text_chars}.")
-    return text
-
-
-def load_user_audio(value, limits: InputLimits | None = None) -> tuple[np.ndarray, int]:
-    """``(mono float32 waveform, sampling_rate)`` of a Gradio audio value (a file path or ``(sr, int16 array)``).
-
-    Raises :class:`AudioInputError` with a user-facing message for files that are missing, too big, not audio or
-    truncated, clips that are too long (checked from the header, before reading), too short, silent or with
-    invalid (NaN / infinite) samples.
-    """
-    limits = limits or InputLimits()
-    if isinstance(value, (str, os.PathLike)):
-        path = os.fspath(value)
-        if not os.path.isfile(path):
-            raise AudioInputError("The audio file could not be found; please upload it again.")
-        megabytes = os.path.getsize(path) / 1e6
-        if megabytes > limits.max_megabytes:
-            raise AudioInputError(f"The file is {megabytes:.1f} MB; the limit is {limits.max_megabytes:g} MB.")
-        import soundfile as sf
-
-        try:
-            info = sf.info(path)
-        except Exception:  # soundfile raises several types for unreadable files
-            info = None
-        if info is not None and info.samplerate > 0 and info.frames / info.samplerate > limits.max_seconds:
-            raise AudioInputError(
-                f"The recording is {info.frames / info.samplerate:.0f} s long; the limit is {limits.max_seconds:g} s."
-            )
-        try:
-            data, rate = read_audio_file(path)
-        except (InvalidAudioError, FileNotFoundError) as err:
-            reason = err.reason if isinstance(err, InvalidAudioError) else "not found"
-            raise AudioInputError(
-                f"This file is not an audio file that can be read (try WAV, FLAC or OGG): {reason}."
-            ) from err
-        data = data.reshape(data.shape[0], -1)
-    elif isinstance(value, tuple) and len(value) == 2:
-        rate, data = value[0], np.asarray(value[1])
-        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
-            raise AudioInputError(f"The audio has an invalid sampling rate ({rate!r}).")
-        if data.dtype == np.bool_ or not (
-            np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
-        ):
-            raise AudioInputError(f"The audio samples have an unsupported type ({data.dtype}).")
-        if np.issubdtype(data.dtype, np.integer):
-            data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
-        data = data.astype(np.float32).reshape(data.shape[0], -1) if data.ndim else data.reshape(0, 1)
-    else:
-        raise AudioInputError("Please record or upload some audio first.")
-    rate = int(rate)
-    wave = data.mean(axis=1) if data.ndim == 2 else data
-    seconds = wave.shape[0] / rate
-    if seconds > limits.max_seconds:
-        raise AudioInputError(f"The recording is {seconds:.0f} s long; the limit is {limits.max_seconds:g} s.")
-    if seconds < limits.min_seconds:
-        raise AudioInputError(f"The recording is too short ({seconds:.2f} s); please say something longer.")
-    if not np.isfinite(data).all():
-        raise AudioInputError("The recording contains invalid samples (NaN or infinity); it cannot be used.")
-    if float(np.abs(wave).max()) < limits.silence_peak:
-        raise AudioInputError("The recording is silent; please check the microphone and try again.")
-    return np.ascontiguousarray(wave, dtype=np.float32), rate
-
-
-def to_pcm16(waveform) -> np.ndarray:
-    """Float waveform in [-1, 1] -> int16 samples (clipped; a fixed scale, no per-chunk normalisation)."""
-    if isinstance(waveform, torch.Tensor):
-        waveform = waveform.detach().float().cpu().numpy()
-    wave = np.clip(np.asarray(waveform, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    return np.round(wave * 32767.0).astype(np.int16)
-
-
-def wav_bytes(waveform, sampling_rate: int = OUTPUT_SAMPLING_RATE) -> bytes:
-    """A complete 16-bit mono WAV file (bytes) of a float or int16 waveform."""
-    import soundfile as sf
-
-    pcm = waveform if isinstance(waveform, np.ndarray) and waveform.dtype == np.int16 else to_pcm16(waveform)
-    buffer = io.BytesIO()
-    sf.write(buffer, pcm, sampling_rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
-
-# ------------------------------------------------------------------------------------------------ streaming glue
-class TurnStopped(RuntimeError):
-    """Raised inside the generation thread when the user pressed stop."""
-
-
-class _StoppableStreamer(BaichuanAudioStreamer):
-    """A :class:`BaichuanAudioStreamer` that aborts generation (raises :class:`TurnStopped` in the generation
-    thread) once ``stop`` is set."""
-
-    def __init__(self, stop: threading.Event, **kwargs):
-        super().__init__(**kwargs)
-        self.stop = stop
-
-    def put_text(self, row, token_ids):
-        if self.stop.is_set():
-            raise TurnStopped("stopped by the user")
-        super().put_text(row, token_ids)
-
-    def put_audio(self, row, codes):
-        if self.stop.is_set():
-            raise TurnStopped("stopped by the user")
-        super().put_audio(row, codes)
-
-
-class PhraseJoiner:
-    """Streams the join of phrase waveforms exactly as :func:`join_waveforms` (``mode="crossfade"``) joins whole ones.
-
-    Where two phrases both have more than ``n`` samples, ``join_waveforms`` overlaps the last ``n`` samples of the
-    output so far with the first ``n`` of the next phrase (linear cross-fade, no sample added). Here the last ``n``
-    samples of the stream are always held back (they may still be cross-faded), and so is a new phrase's head until
-    it is known whether the phrase is longer than ``n``; :meth:`finish` releases the rest at the end of the answer.
-    Empty phrases (an audio segment that ended at its first frame) change nothing.
-    """
-
-    def __init__(self, overlap: int = CROSSFADE):
-        self.overlap = overlap
-        self.hold = torch.zeros(0)  # last `overlap` samples of the stream, not emitted yet
-        self.prev_length = 0  # samples of the previous non-empty phrase
-        self._reset()
-
-    def _reset(self) -> None:
-        self.head: list[torch.Tensor] = []  # start of the current phrase while the cross-fade is undecided
-        self.length = 0  # samples of the current phrase so far
-        self.decided = False
-
-    def _append(self, samples: torch.Tensor) -> torch.Tensor:
-        """Add samples to the stream; emit all but the last ``overlap``."""
-        stream = torch.cat([self.hold, samples])
-        cut = max(stream.shape[0] - self.overlap, 0)
-        self.hold = stream[cut:]
-        return stream[:cut]
-
-    def _decide(self, force: bool = False) -> torch.Tensor:
-        head = torch.cat(self.head) if self.head else torch.zeros(0)
-        n = self.overlap
-        fade = self.prev_length > n and self.length > n
-        if not (fade or force or self.prev_length <= n):
-            return torch.zeros(0)  # the previous phrase is long: wait until this one is longer than n (or ends)
-        self.decided, self.head = True, []
-        if fade:  # the held samples are exactly the stream's last n
-            self.hold, head = torch.zeros(0), torch.cat([crossfade(self.hold, head[:n]), head[n:]])
-        return self._append(head)
-
-    def push(self, chunk: torch.Tensor) -> torch.Tensor:
-        """Samples of the current phrase -> samples to play now (maybe none)."""
-        chunk = chunk.detach().float().cpu().reshape(-1)
-        self.length += chunk.shape[0]
-        if self.decided:
-            return self._append(chunk)
-        self.head.append(chunk)
-        return self._decide()
-
-    def end_phrase(self) -> torch.Tensor:
-        """The current phrase ended: the samples that can be played now."""
-        if self.length == 0:
-            self._reset()
-            return torch.zeros(0)
-        out = torch.zeros(0) if self.decided else self._decide(force=True)
-        self.prev_length = self.length
-        self._reset()
-        return out
-
-    def finish(self) -> torch.Tensor:
-        """The answer ended: every sample still held back (a phrase not closed by :meth:`end_phrase` included)."""
-        out = self.end_phrase()
-        rest, self.hold, self.prev_length = self.hold, torch.zeros(0), 0
-        return torch.cat([out, rest])
-
-
-@dataclass
-class TurnEvent:
-    """One item of :meth:`SpeechChat.stream_turn`: ``kind`` is ``"text"`` (``text``: a delta), ``"audio"``
-    (``audio``: 24 kHz float samples) or ``"done"`` (``message``: the assistant message for the history, ``text``:
-    the whole answer text, ``codes``: the answer's audio segments, ``stopped``: the user stopped it)."""
-
-    kind: str
-    text: str = ""
-    audio: torch.Tensor | None = None
-    message: dict | None = None
-    codes: list[torch.Tensor] = field(default_factory=list)
-    stopped: bool = False
-
-
-class SpeechChat:
-    """One model + processor and the turn logic of the app and of ``baichuan-audio chat`` (no state of its own:
-    the conversation is passed in and returned, so concurrent sessions never share anything).
-
-    Args:
-        model: ``BaichuanAudioForConditionalGeneration`` (with the speech generation mixin and ``code2wav``).
-        processor: ``BaichuanAudioProcessor``.
-        generation_kwargs: extra ``generate`` arguments (sampling settings, caps; e.g. ``do_sample=False``).
-        seed: seed of the sampling and of the code2wav draws of every turn (reproducible answers).
-        limits: :class:`InputLimits` of user audio.
-    """
-
-    def __init__(self, model, processor, generation_kwargs: dict | None = None, seed: int = 0, limits=None):
-        self.model = model
-        self.processor = processor
-        self.generation_kwargs = dict(generation_kwargs or {})
-        self.seed = seed
-        self.limits = limits or InputLimits()
-
-    @property
-    def can_speak(self) -> bool:
-        return getattr(self.model, "code2wav", None) is not None
-
-    # ------------------------------------------------------------------------------------------ prompt
-    def user_message(self, audio=None, text: str | None = None) -> dict:
-        """A user message from a Gradio audio value (path or ``(sr, array)``) and/or typed text (validated)."""
-        content = []
-        if audio is not None:
-            wave, rate = load_user_audio(audio, self.limits)
-            content.append({"type": "audio", "audio": wave, "sampling_rate": rate})
-        text = check_text(text, self.limits)
-        if text:
-            content.append({"type": "text", "text": text})
-        if not content:
-            raise AudioInputError("Please record or upload some audio, or type a message.")
-        return {"role": "user", "content": content}
-
-    def _inputs(self, messages: list[dict], voice: str, speak: bool):
-        try:
-            inputs = self.processor.apply_chat_template(
-                messages,
-                audio_output=speak,
-                voice=voice or DEFAULT_VOICE,
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=True,
-                return_tensors="pt",
-            )
-        except InvalidAudioError as err:
-            raise AudioInputError(f"This audio cannot be used: {err.reason}.") from err
-        self.check_context(inputs)
-        return inputs
-
-    def check_context(self, inputs) -> None:
-        """:class:`AudioInputError` (a user-facing message) when the prompt does not fit the model's context."""
-        ids = inputs["input_ids"]
-        pad_id = getattr(self.model.config, "audio_pad_token_id", None)
-        try:
-            check_prompt_length(
-                int(ids.shape[-1]),
-                int((ids == pad_id).sum()) if pad_id is not None else 0,
-                int(self.model.config.get_text_config().max_position_embeddings),
-                "This conversation",
-            )
-        except PromptTooLongError as err:
-            raise AudioInputError(str(err)) from err
-
-    def _generate_kwargs(self, inputs, speak: bool) -> dict:
-        device = self.model.device
-        kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        kwargs.update(
-            output_audio=True,
-            speech_mode="chat" if speak else "text",
-            tokenizer=self.processor.tokenizer,
-            generator=torch.Generator(device=device).manual_seed(self.seed),
-        )
-        kwargs.update(self.generation_kwargs)
-        return kwargs
-
-    def _decoder_kwargs(self) -> dict:
-        device = self.model.code2wav.device
-        return {"generator": torch.Generator(device=device).manual_seed(self.seed + 1)}
-
-    def _assistant_message(self, out, prompt_length: int) -> tuple[dict, str]:
-        row = out.sequences[0, : int(out.sequence_lengths[0])]
-        segments = self.processor.split_generated(row, out.audio_codes[0], prompt_length=prompt_length)
-        text = "".join(s["text"] for s in segments if s["type"] == "text")
-        return self.processor.to_assistant_message(segments), text
-
-    # ------------------------------------------------------------------------------------------ turns
-    def stream_turn(
-        self, messages: list[dict], voice: str = DEFAULT_VOICE, speak: bool = True, stop=None
-    ) -> Iterator[TurnEvent]:
-        """Run one turn on ``messages`` (ending with the user's message) and stream it.
-
-        Yields text deltas and audio chunks as they are generated, then one ``"done"`` event with the assistant
-        message to append to the history. ``stop`` (a ``threading.Event``) ends the turn early (``done`` with
-        ``stopped=True``, the text so far and no codes). Errors of the generation thread are re-raised here.
-        """
-        speak = bool(speak) and self.can_speak
-        inputs = self._inputs(messages, voice, speak)
-        prompt_length = int(inputs["input_ids"].shape[1])
-        stop = stop or threading.Event()
-        streamer = _StoppableStreamer(
-            stop,
-            tokenizer=self.processor.tokenizer,
-            code2wav=self.model.code2wav if speak else None,
-            decoder_kwargs=self._decoder_kwargs() if speak else None,
-        )
-        result: dict = {}
-
-        def run():
-            try:
-                result["out"] = self.model.generate(streamer=streamer, **self._generate_kwargs(inputs, speak))
-            except BaseException as err:  # handed to the consumer
-                result["error"] = err
-                streamer.end()
-
-        thread = threading.Thread(target=run, name="baichuan-audio-turn", daemon=True)
-        thread.start()
-        joiner, text = PhraseJoiner(), []
-        try:
-            for event in streamer:
-                if event.kind == "text" and event.text:
-                    text.append(event.text)
-                    yield TurnEvent("text", text=event.text)
-                elif event.kind == "audio" and event.waveform is not None and event.waveform.numel():
-                    chunk = joiner.push(event.waveform)
-                    if chunk.numel():
-                        yield TurnEvent("audio", audio=chunk)
-                elif event.kind == "segment_end":
-                    chunk = joiner.end_phrase()
-                    if chunk.numel():
-                        yield TurnEvent("audio", audio=chunk)
-            chunk = joiner.finish()  # the last samples held back for a cross-fade
-            if chunk.numel():
-                yield TurnEvent("audio", audio=chunk)
-        finally:
-            if thread.is_alive():  # the consumer left early (e.g. Gradio cancelled the event): end generation
-                stop.set()
-            thread.join()
-        error = result.get("error")
-        if isinstance(error, TurnStopped) or (error is None and "out" not in result):
-            message = {"role": "assistant", "content": [{"type": "text", "text": "".join(text)}]}
-            yield TurnEvent("done", text="".join(text), message=message, stopped=True)
-            return
-        if error is not None:
-            raise error
-        out = result["out"]
-        message, full_text = self._assistant_message(out, prompt_length)
-        yield TurnEvent("done", text=full_text, message=message, codes=list(out.audio_codes[0]))
-
-    def answer(self, messages: list[dict], voice: str = DEFAULT_VOICE, speak: bool = True) -> TurnEvent:
-        """The same turn without streaming: ``done`` event with ``text``, ``codes``, ``message`` and ``audio`` (the
-        whole 24 kHz answer from :meth:`decode_answer`, or None)."""
-        speak = bool(speak) and self.can_speak
-        inputs = self._inputs(messages, voice, speak)
-        with torch.no_grad():
-            out = self.model.generate(**self._generate_kwargs(inputs, speak))
-        message, text = self._assistant_message(out, int(inputs["input_ids"].shape[1]))
-        codes = list(out.audio_codes[0])
-        audio = self.decode_answer(codes) if speak and codes else None
-        return TurnEvent("done", text=text, message=message, codes=codes, audio=audio)
-
-    def decode_answer(self, codes: list[torch.Tensor]) -> torch.Tensor | None:
-        """24 kHz waveform of an answer's audio segments, decoded as :meth:`stream_turn` streams them."""
-        from .modeling.generation import join_waveforms
-
-        kwargs = self._decoder_kwargs()
-        waves = []
-        for segment in codes:
-            if segment.shape[0] == 0:
-                continue
-            decoder = self.model.code2wav.streaming_decoder(**kwargs)
-            first = decoder.push(segment.to(self.model.code2wav.device))
-            waves.append(torch.cat([first, decoder.finish()]).detach().float().cpu())
-        return join_waveforms(waves, CROSSFADE) if waves else None
-
-    # ------------------------------------------------------------------------------------------ base tasks
-    def transcribe(self, audio) -> str:
-        """Base-model ASR of a Gradio audio value / file path (validated)."""
-        wave, rate = load_user_audio(audio, self.limits)
-        inputs = self.processor.asr(wave, sampling_rate=rate, return_tensors="pt")
-        self.check_context(inputs)
-        kwargs = self._generate_kwargs(inputs, speak=False)
-        kwargs.setdefault("max_new_tokens", 256)
-        with torch.no_grad():
-            out = self.model.generate(**kwargs)
-        prompt = int(inputs["input_ids"].shape[1])
-        return self.processor.tokenizer.decode(
-            out.sequences[0, prompt : int(out.sequence_lengths[0])], skip_special_tokens=True
-        ).strip()
-
-    def synthesize(self, text: str) -> torch.Tensor:
-        """Base-model TTS of ``text`` (chunked like the original base TTS demo): the 24 kHz waveform."""
-        from .modeling.generation import split_tts_text
-
-        text = check_text(text, self.limits)
-        if not text:
-            raise AudioInputError("Please type some text to speak.")
-        if not self.can_speak:
-            raise AudioInputError("This model was loaded without the vocoder (code2wav): it cannot speak.")
-        tok = self.processor.tokenizer
-        chunks = [
-            tok.encode(c, add_special_tokens=False, split_special_tokens=True) for c in split_tts_text(text.strip())
-        ]
-        inputs = {"input_ids": torch.tensor([[t for chunk in chunks for t in chunk]])}
-        self.check_context(inputs)  # the chunks + one switch token each must fit, before any audio
-        kwargs = self._generate_kwargs({}, speak=True)
-        kwargs.update(speech_mode="tts", tts_chunks=[chunks], tokenizer=tok)
-        with torch.no_grad():
-            out = self.model.generate(**kwargs)
-        wave = self.decode_answer(list(out.audio_codes[0]))
-        if wave is None:
-            raise AudioInputError("The model produced no speech for this text.")
-        return wave
 
 
 # ------------------------------------------------------------------------------------------------------ the app
@@ -675,28 +241,43 @@ def launch(demo, host: str | None = None, port: int | None = None, **kwargs):
     return demo.launch(server_name=host, server_port=port, share=False, **kwargs)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """Options of ``baichuan-audio demo``: the model options of :func:`.loading.add_model_arguments`, ``--host``,
+    ``--port``."""
+    parser = argparse.ArgumentParser(
+        prog="baichuan-audio demo", description="launch the Gradio voice-chat app (speech chat, ASR, TTS)"
+    )
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``baichuan-audio demo`` to ``parser``."""
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--host", default=None, help="interface to bind (default $GRADIO_SERVER_NAME or 127.0.0.1; no share link)"
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load the model of the parsed options (:func:`build_parser`), build the app and serve it."""
+    from .tiny_random import NOISE_NOTICE, TINY_RANDOM
+
+    chat = speech_chat_from_args(args)
+    notice = NOISE_NOTICE if args.model == TINY_RANDOM else None
+    demo = make_demo(chat.model, chat.processor, chat.generation_kwargs, seed=args.seed, notice=notice)
+    launch(demo, host=args.host, port=args.port)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``baichuan-audio demo [options]``: load the model (``--model``, see ``--help``), build the app, serve it on
     127.0.0.1 (or ``--host``)."""
-    from .cli import main as cli_main
-
-    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
+    return serve(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
 
 
-__all__ = [
-    "AudioInputError",
-    "InputLimits",
-    "PhraseJoiner",
-    "SpeechChat",
-    "TurnEvent",
-    "VOICES",
-    "launch",
-    "main",
-    "load_user_audio",
-    "make_demo",
-    "to_pcm16",
-    "wav_bytes",
-]
+__all__ = ["add_arguments", "build_parser", "launch", "main", "make_demo", "serve"]
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ The tokenizer is byte-level with one token per byte (no merges), plus ``<|endoft
 any text can be encoded. The random text head is restricted to printable ASCII, end-of-text and
 ``<audiogen_start_baichuan>`` (the other tokens get zero output weights, hence logit 0, and lose against the random
 positive logits), so the noise it prints is at least readable.
+
+``build_tiny_random(training=True)`` is the training-sized variant (:func:`tiny_training_config`: small codebooks, fast
+to memorise, no code2wav) used by the training recipes, the collator tests, the example scripts and the
+multi-process runs (``--model tiny-random`` in the examples).
 """
 
 from __future__ import annotations
@@ -66,25 +70,68 @@ def tiny_random_config(processor):
     return config
 
 
-def _model_class():
+#: codebook sizes of the training-sized tiny model (8 codebooks, small tables).
+TINY_TRAINING_CODEBOOK_SIZES = [16, 8, 8, 8, 8, 8, 8, 8]
+
+
+def tiny_training_config(processor, hidden_size: int = 64, num_layers: int = 2, **overrides):
+    """``BaichuanAudioConfig.tiny()`` shrunk to the processor's vocabulary, with its special-token ids, small
+    codebooks (:data:`TINY_TRAINING_CODEBOOK_SIZES`) and no code2wav (training does not need waveforms)."""
+    from .configuration import BaichuanAudioConfig
+
+    tok = processor.tokenizer
+    ids = dict(processor.special_token_ids)
+    base = BaichuanAudioConfig.tiny()
+    text = base.text_config.to_dict()
+    text.update(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        max_window_layers=num_layers,
+    )
+    audio_tok = base.audio_tokenizer_config.to_dict()
+    audio_tok["codebook_sizes"] = list(TINY_TRAINING_CODEBOOK_SIZES)
+    code2wav = base.code2wav_config.to_dict()
+    code2wav["codebook_sizes"] = list(TINY_TRAINING_CODEBOOK_SIZES)
+    kwargs = dict(
+        text_config=text,
+        audio_tokenizer_config=audio_tok,
+        audio_head_config={"num_attention_heads": 2, "intermediate_size": 2 * hidden_size},
+        code2wav_config=code2wav,
+        enable_audio_output=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **ids,
+    )
+    kwargs.update(overrides)
+    return BaichuanAudioConfig(**kwargs)
+
+
+def build_tiny_random(seed: int = 0, dtype: torch.dtype = torch.float32, *, training: bool = False):
+    """``(model, processor)``: the tiny random model and its processor (fp32, CPU); deterministic in ``seed``.
+
+    ``training=False`` (the demo and the command line): :func:`tiny_random_config`, with code2wav and the vocoder, the
+    text head restricted to readable bytes, in eval mode. ``training=True``: :func:`tiny_training_config` with
+    ``initializer_range=0.1`` (no code2wav, small codebooks), in train mode, every output row trainable. The output
+    is noise (random weights); use it to try the demo, the command line and the training scripts offline.
+    """
     from .modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
 
-    return BaichuanAudioForConditionalGeneration
-
-
-def build_tiny_random(seed: int = 0, dtype: torch.dtype = torch.float32):
-    """``(model, processor)``: the tiny random model (eval mode, fp32, CPU) and its processor; deterministic in ``seed``.
-
-    The output is noise (random weights); use it to try the demo and the command line offline.
-    """
     processor = tiny_random_processor()
-    config = tiny_random_config(processor)
+    if training:
+        config = tiny_training_config(processor, initializer_range=0.1)
+    else:
+        config = tiny_random_config(processor)
     previous = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = _model_class()(config).to(dtype).eval()
+        model = BaichuanAudioForConditionalGeneration(config).to(dtype)
     finally:
         torch.random.set_rng_state(previous)
+    if training:
+        return model, processor
+    model.eval()
     readable = {processor.tokenizer.convert_tokens_to_ids(c) for c in map(chr, range(0x21, 0x7F))}
     readable.add(processor.tokenizer.convert_tokens_to_ids("\u0120"))  # byte-level space
     specials = {processor.tokenizer.eos_token_id, processor.audiogen_start_token_id}  # ends text / starts speech
@@ -104,5 +151,7 @@ __all__ = [
     "tiny_tokenizer",
     "tiny_random_processor",
     "tiny_random_config",
+    "TINY_TRAINING_CODEBOOK_SIZES",
+    "tiny_training_config",
     "build_tiny_random",
 ]

@@ -1,28 +1,10 @@
-"""Loading helpers shared by the training example scripts: the model + processor, and a dataset of rows."""
+"""Loading helpers shared by the training example scripts: a dataset of rows (the model and processor come from
+:func:`transformers_baichuan_audio.loading.load_model_and_processor`, ``training=True``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-
-def load_model_and_processor(name_or_path: str, dtype: str = "float32", seed: int = 0):
-    """``(model, processor)``; ``"tiny-random"`` builds the tiny random model of :mod:`.tiny` (smoke runs)."""
-    import torch
-
-    from .tiny import build_tiny_processor, speech_generation_model_class, tiny_config_for
-
-    if name_or_path == "tiny-random":
-        torch.manual_seed(seed)
-        processor = build_tiny_processor()
-        model = speech_generation_model_class()(tiny_config_for(processor, initializer_range=0.1))
-        return model, processor
-    from transformers import AutoModelForCausalLM, AutoProcessor
-
-    import transformers_baichuan_audio  # noqa: F401  (registers the Auto classes)
-
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
-    return model, AutoProcessor.from_pretrained(name_or_path)
 
 
 def load_rows(path: str):
@@ -79,4 +61,4 @@ def training_arguments_kwargs(args) -> dict:
     )
 
 
-__all__ = ["add_training_arguments", "load_model_and_processor", "load_rows", "training_arguments_kwargs"]
+__all__ = ["add_training_arguments", "load_rows", "training_arguments_kwargs"]
