@@ -82,7 +82,7 @@ def main() -> None:
             "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
             "size": size,
             "threads": torch.get_num_threads(),
-            "euler_steps": args.steps or config.diffusion_steps,
+            "euler_steps": args.steps or config.flow_matching_config.diffusion_steps,
             "frames": frames,
             "audio_seconds": round(audio_seconds, 3),
             "decode_seconds": round(decode_s, 4),

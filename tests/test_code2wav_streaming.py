@@ -42,7 +42,7 @@ def model(reference_fixture, original_state_dict) -> BaichuanAudioCode2Wav:
 def _inputs(model, codes):
     g = torch.Generator().manual_seed(0)
     frames = codes.shape[0]
-    noise = torch.randn(1, model.config.in_channels, 4 * frames, generator=g)
+    noise = torch.randn(1, model.config.flow_matching_config.in_channels, 4 * frames, generator=g)
     samples = (4 * frames - 1) * model.config.vocoder_config.hop_length
     draws = NSFSourceDraws.sample(1, model.vocoder.m_source.num_harmonics, samples, g)
     return noise, draws
@@ -73,7 +73,7 @@ def test_first_chunk_after_25_frames_and_lengths(model, phrase, running_stream):
     codes, _, _, one_shot = phrase
     stream, chunks = running_stream
     sizes = [c.numel() for c in chunks]
-    frames_per_chunk = model.config.static_chunk_size // model.config.avg_pooler
+    frames_per_chunk = model.config.flow_matching_config.static_chunk_size // model.config.avg_pooler
     assert frames_per_chunk == 25
     assert all(s == 0 for s in sizes[: frames_per_chunk - 1]) and sizes[frames_per_chunk - 1] > 0
     assert sum(sizes) == one_shot.audio_values[0].numel()
@@ -114,7 +114,7 @@ def test_streaming_exact_with_phrase_statistics(model, phrase):
 def test_streaming_running_statistics_error(model, phrase, running_stream):
     one_shot = phrase[3]
     stream, _ = running_stream
-    chunk = model.config.static_chunk_size
+    chunk = model.config.flow_matching_config.static_chunk_size
     err = (stream.mel[0] - one_shot.mel[0]).abs().amax(0)
     per_chunk = [err[c : c + chunk].max().item() for c in range(0, err.numel(), chunk)]
     scale = one_shot.mel[0].abs().max().item()
@@ -160,7 +160,7 @@ def test_streamed_mel_equals_the_originals_one_shot_decode(model, reference_fixt
     assert sizes[24] > 0 and sum(sizes[:24]) == 0  # really streamed: the first chunk before the phrase ended
     stream.finish()
     err = (stream.mel[0] - expected).abs().amax(0)
-    chunk = model.config.static_chunk_size
+    chunk = model.config.flow_matching_config.static_chunk_size
     if stats == "phrase":
         assert err.max() <= 1e-5  # measured 2.1e-6 (fp32 roundoff; the fixture's own re-runs differ by ~1e-6)
     else:

@@ -59,23 +59,25 @@ def test_default_config_is_the_released_model():
     assert head.intermediate_size == 2 * 3584 and head.codebook_sizes == tok.codebook_sizes
 
     c2w = cfg.code2wav_config
-    assert (c2w.decoder_layers, c2w.decoder_attention_heads, c2w.decoder_ffn_dim) == (8, 20, 5120)
-    assert (c2w.decoder_kernel_size, c2w.decoder_stride_size) == (3, 2)
     assert c2w.max_source_positions == 3000
-    assert c2w.legacy_mel_bins == 80 and c2w.legacy_post_net_channels == [256] * 5
-    assert (c2w.legacy_mel_sampling_rate, c2w.legacy_mel_hop_length) == (16000, 256)
-    assert (c2w.prenet_in_dim, c2w.prenet_out_dim, c2w.prenet_d_model) == (1280, 80, 512)
-    assert (c2w.prenet_attention_heads, c2w.prenet_ffn_dim, c2w.prenet_nlayers) == (8, 2048, 12)
-    assert c2w.prenet_max_source_positions == 5000 and c2w.prenet_target_mel_length_scale_ratio == 1.0
-    assert (c2w.in_channels, c2w.spk_emb_dim, c2w.diffusion_steps, c2w.channels) == (80, 0, 10, [256])
-    assert (c2w.attention_head_dim, c2w.n_blocks, c2w.num_mid_blocks, c2w.num_heads) == (64, 4, 12, 8)
-    assert (c2w.sigma_min, c2w.inference_cfg_rate, c2w.training_cfg_rate, c2w.t_scheduler) == (
+    dec = c2w.decoder_config
+    assert (dec.num_hidden_layers, dec.num_attention_heads, dec.intermediate_size) == (8, 20, 5120)
+    assert (dec.kernel_size, dec.stride_size) == (3, 2)
+    assert dec.legacy_mel_bins == 80 and dec.legacy_post_net_channels == [256] * 5
+    assert (dec.legacy_mel_sampling_rate, dec.legacy_mel_hop_length) == (16000, 256)
+    fm = c2w.flow_matching_config
+    assert (fm.prenet_in_dim, fm.prenet_out_dim, fm.prenet_d_model) == (1280, 80, 512)
+    assert (fm.prenet_attention_heads, fm.prenet_ffn_dim, fm.prenet_nlayers) == (8, 2048, 12)
+    assert fm.prenet_max_source_positions == 5000 and fm.prenet_target_mel_length_scale_ratio == 1.0
+    assert (fm.in_channels, fm.spk_emb_dim, fm.diffusion_steps, fm.channels) == (80, 0, 10, [256])
+    assert (fm.attention_head_dim, fm.n_blocks, fm.num_mid_blocks, fm.num_heads) == (64, 4, 12, 8)
+    assert (fm.sigma_min, fm.inference_cfg_rate, fm.training_cfg_rate, fm.t_scheduler) == (
         1e-6,
         0.7,
         0.2,
         "cosine",
     )
-    assert (c2w.mel_sampling_rate, c2w.mel_hop_length, c2w.static_chunk_size) == (24000, 480, 100)
+    assert (fm.mel_sampling_rate, fm.mel_hop_length, fm.static_chunk_size) == (24000, 480, 100)
 
     voc = c2w.vocoder_config
     assert (voc.in_channels, voc.base_channels, voc.nb_harmonics, voc.sampling_rate) == (80, 512, 8, 24000)
@@ -126,14 +128,14 @@ def test_derived_sub_config_values():
     cfg = BaichuanAudioConfig(
         text_config={"model_type": "qwen2", "hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2},
         audio_tokenizer_config={"d_model": 64, "encoder_attention_heads": 4, "codebook_sizes": [64, 32, 16]},
-        code2wav_config={"decoder_attention_heads": 4},
+        code2wav_config={"decoder_config": {"num_attention_heads": 4}},
     )
     assert cfg.audio_head_config.hidden_size == 256
     assert cfg.audio_head_config.num_attention_heads == 2  # hidden // 128, as the original
     assert cfg.audio_head_config.intermediate_size == 512
     assert cfg.audio_head_config.codebook_sizes == [64, 32, 16]
     assert cfg.code2wav_config.codebook_sizes == [64, 32, 16]
-    assert (cfg.code2wav_config.d_model, cfg.code2wav_config.prenet_in_dim) == (64, 64)
+    assert (cfg.code2wav_config.d_model, cfg.code2wav_config.flow_matching_config.prenet_in_dim) == (64, 64)
     assert cfg.num_codebooks == 3 and cfg.audio_loss_weights == [1.0, 1.0, 1.0]
 
 
@@ -164,8 +166,8 @@ def test_tiny_keeps_the_real_structure():
     cfg = BaichuanAudioConfig.tiny()
     assert cfg.num_codebooks == 8
     assert cfg.audio_head_config.num_hidden_layers == 3
-    assert cfg.code2wav_config.diffusion_steps == 10
-    assert cfg.code2wav_config.static_chunk_size == 100
+    assert cfg.code2wav_config.flow_matching_config.diffusion_steps == 10
+    assert cfg.code2wav_config.flow_matching_config.static_chunk_size == 100
     assert cfg.audio_tokenizer_config.frame_rate == 12.5
     assert cfg.code2wav_config.vocoder_config.hop_length == 480
 
@@ -184,3 +186,26 @@ def test_vocoder_source_branches_need_one_entry_per_upsampling_stage():
     """HiFT adds one source branch after each upsampling stage: a shorter list would fail deep in the forward."""
     with pytest.raises(Exception, match="one entry per upsampling stage"):
         BaichuanAudioVocoderConfig(source_resblock_kernel_sizes=[7], source_resblock_dilation_sizes=[[1, 3, 5]])
+
+
+def test_flat_code2wav_configs_of_earlier_versions_still_load(tmp_path):
+    """Earlier converted checkpoints wrote the code2wav fields flat; they are folded into the sub-configs."""
+    import json
+
+    flat = {"decoder_layers": 3, "decoder_attention_heads": 2, "legacy_post_net_channels": [8, 8], "d_model": 64}
+    flat.update(prenet_in_dim=64, prenet_d_model=32, prenet_attention_heads=4, channels=[32, 48], num_mid_blocks=1)
+    flat.update(diffusion_steps=7, static_chunk_size=50, t_scheduler="linear", vocoder_config={"base_channels": 16})
+    cfg = BaichuanAudioCode2WavConfig(**flat)
+    dec, fm = cfg.decoder_config, cfg.flow_matching_config
+    assert (dec.num_hidden_layers, dec.num_attention_heads, dec.legacy_post_net_channels) == (3, 2, [8, 8])
+    assert (fm.prenet_in_dim, fm.prenet_d_model, fm.prenet_attention_heads, fm.channels) == (64, 32, 4, [32, 48])
+    assert (fm.num_mid_blocks, fm.diffusion_steps, fm.static_chunk_size, fm.t_scheduler) == (1, 7, 50, "linear")
+    assert not hasattr(cfg, "decoder_layers") and not hasattr(cfg, "prenet_d_model")
+    # through a saved file, as from_pretrained reads it, and nested after a save/reload round trip
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "baichuan_audio_code2wav", **flat}))
+    loaded = BaichuanAudioCode2WavConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict()["decoder_config"] == cfg.to_dict()["decoder_config"]
+    assert loaded.to_dict()["flow_matching_config"] == cfg.to_dict()["flow_matching_config"]
+    loaded.save_pretrained(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert "decoder_layers" not in again and again["decoder_config"]["num_hidden_layers"] == 3

@@ -37,12 +37,13 @@ def test_sizes_come_from_the_original_config(fixture_config):
     assert cfg.audio_tokenizer_config.encoder_layers == audio["encoder_layers"]
     assert cfg.audio_head_config.num_hidden_layers == audio["audio_head_transformer_layers"]
     assert cfg.audio_head_config.num_attention_heads == original["hidden_size"] // 128
-    assert cfg.code2wav_config.decoder_layers == audio["decoder_layers"]
+    assert cfg.code2wav_config.decoder_config.num_hidden_layers == audio["decoder_layers"]
     fm = original["flow_matching_config"]
-    assert cfg.code2wav_config.prenet_nlayers == fm["prenet_nlayers"]
-    assert cfg.code2wav_config.channels == fm["channels"]
-    assert cfg.code2wav_config.num_mid_blocks == fm["num_mid_blocks"]
-    assert cfg.code2wav_config.legacy_post_net_channels == original["vocoder_config"]["channels"]
+    flow = cfg.code2wav_config.flow_matching_config
+    assert flow.prenet_nlayers == fm["prenet_nlayers"]
+    assert flow.channels == fm["channels"]
+    assert flow.num_mid_blocks == fm["num_mid_blocks"]
+    assert cfg.code2wav_config.decoder_config.legacy_post_net_channels == original["vocoder_config"]["channels"]
     assert cfg.code2wav_config.vocoder_config.base_channels == fixture.vocoder_config["base_channels"]
 
 

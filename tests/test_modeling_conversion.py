@@ -50,11 +50,15 @@ def config_from_fixture(original: dict, **overrides) -> BaichuanAudioConfig:
         "avg_pooler": audio["avg_pooler"],
     }
     code2wav = {
-        "decoder_layers": audio["decoder_layers"],
-        "decoder_attention_heads": audio["decoder_attention_heads"],
-        "decoder_ffn_dim": audio["decoder_ffn_dim"],
-        "prenet_d_model": flow["prenet_d_model"],
-        "prenet_attention_heads": flow["prenet_attention_heads"],
+        "decoder_config": {
+            "num_hidden_layers": audio["decoder_layers"],
+            "num_attention_heads": audio["decoder_attention_heads"],
+            "intermediate_size": audio["decoder_ffn_dim"],
+        },
+        "flow_matching_config": {
+            "prenet_d_model": flow["prenet_d_model"],
+            "prenet_attention_heads": flow["prenet_attention_heads"],
+        },
     }
     hidden = original["hidden_size"]
     head = {

@@ -6,8 +6,10 @@ One top-level :class:`BaichuanAudioConfig` (``model_type="baichuan_audio"``) com
 * ``audio_tokenizer_config``: :class:`BaichuanAudioTokenizerConfig` (Whisper-style encoder, 4x gated-conv bridge,
   8-stage residual VQ),
 * ``audio_head_config``: :class:`BaichuanAudioHeadConfig` (the 3-layer depth transformer over the 8 codebooks),
-* ``code2wav_config``: :class:`BaichuanAudioCode2WavConfig` (reconstruction decoder, flow matching, and the HiFT
-  vocoder in ``vocoder_config``: :class:`BaichuanAudioVocoderConfig`).
+* ``code2wav_config``: :class:`BaichuanAudioCode2WavConfig`, composed of ``decoder_config``
+  (:class:`BaichuanAudioReconstructionDecoderConfig`), ``flow_matching_config``
+  (:class:`BaichuanAudioFlowMatchingConfig`) and the HiFT vocoder's ``vocoder_config``
+  (:class:`BaichuanAudioVocoderConfig`).
 
 Every default is the value of the released Baichuan-Audio 10B model (see ``shared/docs/reference-architecture.md``),
 so ``BaichuanAudioConfig()`` describes the real model. :func:`BaichuanAudioConfig.tiny` builds a small config with
@@ -245,47 +247,56 @@ class BaichuanAudioVocoderConfig(PreTrainedConfig):
 
 
 @strict
-class BaichuanAudioCode2WavConfig(PreTrainedConfig):
-    r"""Configuration of code2wav: RVQ codes (12.5 Hz) -> reconstruction decoder (50 fps) -> flow-matching mel ->
-    HiFT vocoder (24 kHz).
+class BaichuanAudioReconstructionDecoderConfig(PreTrainedConfig):
+    r"""Configuration of the causal reconstruction decoder of code2wav (original ``audio_decoder``).
 
     Args:
-        codebook_sizes / d_model / avg_pooler: must match the audio tokenizer (the code vectors are
-            ``d_model * avg_pooler`` wide and are projected back to ``d_model``).
-        decoder_*: the causal reconstruction decoder (transposed conv 4x upsample + causal Whisper-style layers).
-        sampling_rate / hop_length / max_audio_seconds: the 16 kHz encoder grid (length of the positional table).
+        num_hidden_layers / num_attention_heads / intermediate_size / activation_function / layer_norm_eps: the causal
+            Whisper-style layers (original ``decoder_layers`` / ``decoder_attention_heads`` / ``decoder_ffn_dim``).
+        kernel_size: of both transposed convs (``dconv1`` upsamples by the tokenizer's ``avg_pooler``).
+        stride_size: ``dconv2``'s upsampling (legacy branch).
         legacy_mel_bins / legacy_post_net_channels / legacy_mel_sampling_rate / legacy_mel_hop_length: the legacy
-            coarse-mel branch (dconv2 + post-net), loaded but not run by default.
-        prenet_*: the causal flow-matching prenet producing the prior ``mu``.
-        in_channels / channels / n_blocks / num_mid_blocks / num_heads / attention_head_dim / act_fn / dropout:
-            the causal U-Net estimator; ``static_chunk_size`` is its attention chunk (100 frames = 2 s).
-        diffusion_steps / sigma_min / inference_cfg_rate / training_cfg_rate / temperature / t_scheduler:
-            the conditional flow-matching sampler.
-        mel_sampling_rate / mel_hop_length: the 24 kHz / hop-480 mel grid of the vocoder.
-        vocoder_config: :class:`BaichuanAudioVocoderConfig`.
+            coarse-mel branch (``dconv2`` + post-net, the original's ``vocoder_config``), loaded but not run by default.
     """
 
-    model_type = "baichuan_audio_code2wav"
-    base_config_key = "code2wav_config"
-    sub_configs_defaults = {"vocoder_config": BaichuanAudioVocoderConfig}
+    model_type = "baichuan_audio_code2wav_decoder"
+    base_config_key = "decoder_config"
 
-    codebook_sizes: list[int] | None = None
-    d_model: int = 1280
-    avg_pooler: int = 4
-    decoder_layers: int = 8
-    decoder_attention_heads: int = 20
-    decoder_ffn_dim: int = 5120
-    decoder_kernel_size: int = 3
-    decoder_stride_size: int = 2
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 20
+    intermediate_size: int = 5120
+    kernel_size: int = 3
+    stride_size: int = 2
     activation_function: str = "gelu"
     layer_norm_eps: float = 1e-5
-    sampling_rate: int = 16000
-    hop_length: int = 160
-    max_audio_seconds: int = 30
     legacy_mel_bins: int = 80
     legacy_post_net_channels: list[int] | None = None
     legacy_mel_sampling_rate: int = 16000
     legacy_mel_hop_length: int = 256
+
+    def __post_init__(self, **kwargs):
+        if self.legacy_post_net_channels is None:
+            self.legacy_post_net_channels = [256, 256, 256, 256, 256]
+        super().__post_init__(**kwargs)
+
+
+@strict
+class BaichuanAudioFlowMatchingConfig(PreTrainedConfig):
+    r"""Configuration of code2wav's flow matching (original ``flow_matching_config``, field names kept).
+
+    Args:
+        prenet_*: the causal prenet producing the prior ``mu`` from the decoder's hidden states (``prenet_in_dim`` =
+            the decoder width, ``prenet_out_dim`` = ``in_channels`` mel bins).
+        in_channels / spk_emb_dim / channels / n_blocks / num_mid_blocks / num_heads / attention_head_dim / act_fn /
+            dropout: the causal matcha U-Net estimator; ``static_chunk_size`` is its attention chunk (100 frames = 2 s).
+        diffusion_steps / sigma_min / t_scheduler / inference_cfg_rate / training_cfg_rate / temperature: the Euler
+            sampler of the conditional flow matching (the original's ``cfm_params``).
+        mel_sampling_rate / mel_hop_length: the 24 kHz / hop-480 mel grid of the vocoder.
+    """
+
+    model_type = "baichuan_audio_flow_matching"
+    base_config_key = "flow_matching_config"
+
     prenet_in_dim: int = 1280
     prenet_out_dim: int = 80
     prenet_d_model: int = 512
@@ -313,32 +324,104 @@ class BaichuanAudioCode2WavConfig(PreTrainedConfig):
     temperature: float = 1.0
     mel_sampling_rate: int = 24000
     mel_hop_length: int = 480
-    initializer_range: float = 0.02
-    vocoder_config: dict | PreTrainedConfig | None = None
 
     def __post_init__(self, **kwargs):
-        if self.codebook_sizes is None:
-            self.codebook_sizes = list(DEFAULT_CODEBOOK_SIZES)
-        if self.legacy_post_net_channels is None:
-            self.legacy_post_net_channels = [256, 256, 256, 256, 256]
         if self.channels is None:
             self.channels = [256]
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
-        _check_codebooks(self.codebook_sizes, "BaichuanAudioCode2WavConfig")
-        _check_divisible(self.d_model, self.decoder_attention_heads, "BaichuanAudioCode2WavConfig (decoder)")
-        _check_divisible(self.prenet_d_model, self.prenet_attention_heads, "BaichuanAudioCode2WavConfig (prenet)")
-        if self.prenet_in_dim != self.d_model:
-            raise ValueError(
-                f"BaichuanAudioCode2WavConfig: prenet_in_dim ({self.prenet_in_dim}) must equal d_model ({self.d_model})"
-            )
+        _check_divisible(self.prenet_d_model, self.prenet_attention_heads, "BaichuanAudioFlowMatchingConfig (prenet)")
         if self.in_channels != self.prenet_out_dim:
-            raise ValueError("BaichuanAudioCode2WavConfig: in_channels must equal prenet_out_dim")
+            raise ValueError("BaichuanAudioFlowMatchingConfig: in_channels must equal prenet_out_dim")
         if self.t_scheduler not in ("cosine", "linear"):
-            raise ValueError(f"BaichuanAudioCode2WavConfig: unknown t_scheduler {self.t_scheduler!r}")
+            raise ValueError(f"BaichuanAudioFlowMatchingConfig: unknown t_scheduler {self.t_scheduler!r}")
         if self.diffusion_steps <= 0:
-            raise ValueError("BaichuanAudioCode2WavConfig: diffusion_steps must be positive")
+            raise ValueError("BaichuanAudioFlowMatchingConfig: diffusion_steps must be positive")
+
+
+#: Flat ``BaichuanAudioCode2WavConfig`` fields of earlier versions -> (sub-config, field): old configs still load.
+LEGACY_CODE2WAV_FIELDS = {
+    "decoder_layers": ("decoder_config", "num_hidden_layers"),
+    "decoder_attention_heads": ("decoder_config", "num_attention_heads"),
+    "decoder_ffn_dim": ("decoder_config", "intermediate_size"),
+    "decoder_kernel_size": ("decoder_config", "kernel_size"),
+    "decoder_stride_size": ("decoder_config", "stride_size"),
+    "activation_function": ("decoder_config", "activation_function"),
+    "layer_norm_eps": ("decoder_config", "layer_norm_eps"),
+    **{
+        f"legacy_{k}": ("decoder_config", f"legacy_{k}")
+        for k in ("mel_bins", "post_net_channels", "mel_sampling_rate", "mel_hop_length")
+    },
+    **{
+        name: ("flow_matching_config", name)
+        for name in BaichuanAudioFlowMatchingConfig.__dataclass_fields__
+        if name not in PreTrainedConfig.__dataclass_fields__
+    },
+}
+
+
+@strict
+class BaichuanAudioCode2WavConfig(PreTrainedConfig):
+    r"""Configuration of code2wav: RVQ codes (12.5 Hz) -> reconstruction decoder (50 fps) -> flow-matching mel ->
+    HiFT vocoder (24 kHz), composed like ``Qwen2_5OmniToken2WavConfig``.
+
+    Args:
+        codebook_sizes / d_model / avg_pooler: must match the audio tokenizer (the code vectors are
+            ``d_model * avg_pooler`` wide and are projected back to ``d_model``).
+        sampling_rate / hop_length / max_audio_seconds: the 16 kHz encoder grid (length of the positional table).
+        decoder_config: :class:`BaichuanAudioReconstructionDecoderConfig`.
+        flow_matching_config: :class:`BaichuanAudioFlowMatchingConfig` (``prenet_in_dim`` defaults to ``d_model``).
+        vocoder_config: :class:`BaichuanAudioVocoderConfig`.
+
+    Flat configs of earlier versions (``decoder_layers``, ``prenet_d_model``, ``channels`` ... at the top level,
+    see :data:`LEGACY_CODE2WAV_FIELDS`) are folded into the sub-configs when loaded.
+    """
+
+    model_type = "baichuan_audio_code2wav"
+    base_config_key = "code2wav_config"
+    sub_configs_defaults = {
+        "decoder_config": BaichuanAudioReconstructionDecoderConfig,
+        "flow_matching_config": BaichuanAudioFlowMatchingConfig,
+        "vocoder_config": BaichuanAudioVocoderConfig,
+    }
+
+    codebook_sizes: list[int] | None = None
+    d_model: int = 1280
+    avg_pooler: int = 4
+    sampling_rate: int = 16000
+    hop_length: int = 160
+    max_audio_seconds: int = 30
+    initializer_range: float = 0.02
+    decoder_config: dict | PreTrainedConfig | None = None
+    flow_matching_config: dict | PreTrainedConfig | None = None
+    vocoder_config: dict | PreTrainedConfig | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.codebook_sizes is None:
+            self.codebook_sizes = list(DEFAULT_CODEBOOK_SIZES)
+        subs = {}
+        for name in ("decoder_config", "flow_matching_config"):
+            value = getattr(self, name)
+            subs[name] = dict(value) if isinstance(value, dict) else ({} if value is None else value)
+        for old in [k for k in kwargs if k in LEGACY_CODE2WAV_FIELDS]:
+            sub, field = LEGACY_CODE2WAV_FIELDS[old]
+            value = kwargs.pop(old)
+            if isinstance(subs[sub], dict):
+                subs[sub].setdefault(field, value)
+        if isinstance(subs["flow_matching_config"], dict):
+            subs["flow_matching_config"].setdefault("prenet_in_dim", self.d_model)
+        self.decoder_config, self.flow_matching_config = subs["decoder_config"], subs["flow_matching_config"]
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        _check_codebooks(self.codebook_sizes, "BaichuanAudioCode2WavConfig")
+        _check_divisible(self.d_model, self.decoder_config.num_attention_heads, "BaichuanAudioCode2WavConfig (decoder)")
+        if self.flow_matching_config.prenet_in_dim != self.d_model:
+            raise ValueError(
+                f"BaichuanAudioCode2WavConfig: flow_matching_config.prenet_in_dim "
+                f"({self.flow_matching_config.prenet_in_dim}) must equal d_model ({self.d_model})"
+            )
 
     @property
     def num_codebooks(self) -> int:
@@ -473,8 +556,6 @@ class BaichuanAudioConfig(PreTrainedConfig):
             elif isinstance(tok, PreTrainedConfig):
                 c2w.setdefault("d_model", tok.d_model)
                 c2w.setdefault("avg_pooler", tok.avg_pooler)
-            if "d_model" in c2w:
-                c2w.setdefault("prenet_in_dim", c2w["d_model"])
             self.code2wav_config = c2w
 
         if self.audio_loss_weights is None:
@@ -567,19 +648,23 @@ _TINY = {
     },
     "audio_head_config": {"num_attention_heads": 2, "intermediate_size": 128},
     "code2wav_config": {
-        "decoder_layers": 2,
-        "decoder_attention_heads": 2,
-        "decoder_ffn_dim": 64,
-        "legacy_post_net_channels": [16, 16, 16, 16, 16],
-        "prenet_d_model": 32,
-        "prenet_attention_heads": 2,
-        "prenet_ffn_dim": 64,
-        "prenet_nlayers": 2,
-        "channels": [32],
-        "n_blocks": 1,
-        "num_mid_blocks": 2,
-        "num_heads": 2,
-        "attention_head_dim": 16,
+        "decoder_config": {
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "legacy_post_net_channels": [16, 16, 16, 16, 16],
+        },
+        "flow_matching_config": {
+            "prenet_d_model": 32,
+            "prenet_attention_heads": 2,
+            "prenet_ffn_dim": 64,
+            "prenet_nlayers": 2,
+            "channels": [32],
+            "n_blocks": 1,
+            "num_mid_blocks": 2,
+            "num_heads": 2,
+            "attention_head_dim": 16,
+        },
         "vocoder_config": {"base_channels": 16, "f0_predictor_cond_channels": 16},
     },
 }
@@ -592,6 +677,8 @@ def register_configs() -> None:
         BaichuanAudioTokenizerConfig,
         BaichuanAudioHeadConfig,
         BaichuanAudioCode2WavConfig,
+        BaichuanAudioReconstructionDecoderConfig,
+        BaichuanAudioFlowMatchingConfig,
         BaichuanAudioVocoderConfig,
     ):
         AutoConfig.register(cfg.model_type, cfg, exist_ok=True)
@@ -602,7 +689,10 @@ __all__ = [
     "BaichuanAudioTokenizerConfig",
     "BaichuanAudioHeadConfig",
     "BaichuanAudioCode2WavConfig",
+    "BaichuanAudioReconstructionDecoderConfig",
+    "BaichuanAudioFlowMatchingConfig",
     "BaichuanAudioVocoderConfig",
+    "LEGACY_CODE2WAV_FIELDS",
     "DEFAULT_CODEBOOK_SIZES",
     "TOKEN_ID_FIELDS",
 ]

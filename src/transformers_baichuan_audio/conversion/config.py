@@ -109,6 +109,30 @@ def _audio_settings(audio: dict) -> dict:
     return settings
 
 
+#: ``flow_matching_config`` fields of the original that the converted flow-matching sub-config takes as they are.
+FLOW_MATCHING_FIELDS = (
+    "prenet_in_dim",
+    "prenet_out_dim",
+    "prenet_d_model",
+    "prenet_attention_heads",
+    "prenet_ffn_dim",
+    "prenet_nlayers",
+    "prenet_activation_function",
+    "prenet_max_source_positions",
+    "prenet_target_mel_length_scale_ratio",
+    "in_channels",
+    "spk_emb_dim",
+    "diffusion_steps",
+    "channels",
+    "dropout",
+    "n_blocks",
+    "num_mid_blocks",
+    "num_heads",
+    "attention_head_dim",
+    "act_fn",
+)
+
+
 #: ``OmniConfig`` defaults of the original code for absent LLM fields (its constructor's keyword defaults).
 ORIGINAL_LLM_DEFAULTS = {
     "vocab_size": 125696,
@@ -236,56 +260,44 @@ def config_from_original(
     fm = _require(original, "flow_matching_config", "")
     legacy = original.get("vocoder_config", {})
     cfm = fm.get("cfm_params", {})
+    decoder_config = {
+        "num_hidden_layers": audio["decoder_layers"],
+        "num_attention_heads": audio["decoder_attention_heads"],
+        "intermediate_size": audio["decoder_ffn_dim"],
+        "kernel_size": audio["decoder_kernel_size"],
+        "stride_size": audio["decoder_stride_size"],
+        "activation_function": audio["activation_function"],
+        "legacy_mel_bins": legacy.get("num_mel_bins", WHISPER_DEFAULTS["num_mel_bins"]),
+        "legacy_post_net_channels": list(legacy.get("channels", [256] * 5)),
+        "legacy_mel_sampling_rate": legacy.get("sampling_rate", 16000),
+        "legacy_mel_hop_length": legacy.get("hop_length", 256),
+    }
+    # The flow-matching sub-config keeps the original's field names: a copy of what the file has (the released
+    # values where a field is absent), plus the CFM parameters.
+    flow_config = {key: fm[key] for key in FLOW_MATCHING_FIELDS if key in fm}
+    for key in ("dropout", "prenet_target_mel_length_scale_ratio"):
+        if key in flow_config:
+            flow_config[key] = float(flow_config[key])
+    flow_config.update(
+        mel_sampling_rate=fm.get("sampling_rate", 24000),
+        mel_hop_length=fm.get("hop_length", 480),
+        sigma_min=float(cfm.get("sigma_min", 1e-6)),
+        t_scheduler=cfm.get("t_scheduler", "cosine"),
+        inference_cfg_rate=float(cfm.get("inference_cfg_rate", 0.7)),
+        training_cfg_rate=float(cfm.get("training_cfg_rate", 0.2)),
+    )
+    if fm.get("spk_emb_dim", 0):
+        raise ConversionError("original flow_matching_config.spk_emb_dim != 0 (speaker embeddings) is not supported")
     code2wav_config = {
         "codebook_sizes": codebook_sizes,
         "d_model": tokenizer_config["d_model"],
         "avg_pooler": tokenizer_config["avg_pooler"],
-        "decoder_layers": audio["decoder_layers"],
-        "decoder_attention_heads": audio["decoder_attention_heads"],
-        "decoder_ffn_dim": audio["decoder_ffn_dim"],
-        "decoder_kernel_size": audio["decoder_kernel_size"],
-        "decoder_stride_size": audio["decoder_stride_size"],
-        "activation_function": audio["activation_function"],
         "sampling_rate": tokenizer_config["sampling_rate"],
         "hop_length": tokenizer_config["hop_length"],
         "max_audio_seconds": tokenizer_config["max_audio_seconds"],
-        "legacy_mel_bins": legacy.get("num_mel_bins", 80),
-        "legacy_post_net_channels": list(legacy.get("channels", [256] * 5)),
-        "legacy_mel_sampling_rate": legacy.get("sampling_rate", 16000),
-        "legacy_mel_hop_length": legacy.get("hop_length", 256),
-        "mel_sampling_rate": fm.get("sampling_rate", 24000),
-        "mel_hop_length": fm.get("hop_length", 480),
-        "sigma_min": float(cfm.get("sigma_min", 1e-6)),
-        "t_scheduler": cfm.get("t_scheduler", "cosine"),
-        "inference_cfg_rate": float(cfm.get("inference_cfg_rate", 0.7)),
-        "training_cfg_rate": float(cfm.get("training_cfg_rate", 0.2)),
+        "decoder_config": decoder_config,
+        "flow_matching_config": flow_config,
     }
-    for key in (
-        "prenet_in_dim",
-        "prenet_out_dim",
-        "prenet_d_model",
-        "prenet_attention_heads",
-        "prenet_ffn_dim",
-        "prenet_nlayers",
-        "prenet_activation_function",
-        "prenet_max_source_positions",
-        "in_channels",
-        "spk_emb_dim",
-        "diffusion_steps",
-        "channels",
-        "n_blocks",
-        "num_mid_blocks",
-        "num_heads",
-        "attention_head_dim",
-        "act_fn",
-    ):
-        if key in fm:
-            code2wav_config[key] = fm[key]
-    for key in ("dropout", "prenet_target_mel_length_scale_ratio"):
-        if key in fm:
-            code2wav_config[key] = float(fm[key])
-    if fm.get("spk_emb_dim", 0):
-        raise ConversionError("original flow_matching_config.spk_emb_dim != 0 (speaker embeddings) is not supported")
     if vocoder_config is not None:
         code2wav_config["vocoder_config"] = BaichuanAudioVocoderConfig.from_original(vocoder_config).to_dict()
 

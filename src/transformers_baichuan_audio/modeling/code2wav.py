@@ -4,7 +4,7 @@ Stages (original module names in brackets):
 
 1. ``dequantizer`` [``audio_bridge_model.decode``]: sum of the code vectors (fp32, last codebook first) and the
    ``proj_decoder`` Linear(code_dim -> d_model);
-2. ``decoder`` [``audio_decoder``]: causal transposed conv (k=``decoder_kernel_size``, stride ``avg_pooler``: 4L-1
+2. ``decoder`` [``audio_decoder``]: causal transposed conv (k=``decoder_config.kernel_size``, stride ``avg_pooler``: 4L-1
    frames at 50 fps) + GroupNorm(1), sinusoidal positions, causal Whisper layers, LayerNorm ->
    ``hidden_states_before_dconv2``. The legacy coarse-mel branch (``dconv2`` + ``post_net``) is loaded and available
    through :meth:`BaichuanAudioCode2Wav.legacy_mel`, not run by default;
@@ -135,18 +135,19 @@ class MelSpecRefineNet(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        dec = config.decoder_config
         layers: list[nn.Module] = []
-        in_ch = config.legacy_mel_bins
-        for out_ch in config.legacy_post_net_channels[:-1]:
+        in_ch = dec.legacy_mel_bins
+        for out_ch in dec.legacy_post_net_channels[:-1]:
             layers += [nn.Conv1d(in_ch, out_ch, 5, 1, 2), nn.GroupNorm(1, out_ch), nn.Mish()]
             in_ch = out_ch
-        layers.append(nn.Conv1d(in_ch, config.legacy_mel_bins, 1, 1))
+        layers.append(nn.Conv1d(in_ch, dec.legacy_mel_bins, 1, 1))
         self.layers = nn.Sequential(*layers)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        c = self.config
+        c, dec = self.config, self.config.decoder_config
         out = lengths.to(torch.float32) * c.hop_length / c.sampling_rate
-        return (out * c.legacy_mel_sampling_rate / c.legacy_mel_hop_length).to(torch.int64)
+        return (out * dec.legacy_mel_sampling_rate / dec.legacy_mel_hop_length).to(torch.int64)
 
     def forward(self, coarse: torch.Tensor, lengths: torch.Tensor):
         """coarse (B, T, n_mels) -> (refined (B, T', n_mels), coarse resampled (B, T', n_mels), lengths (B,))."""
@@ -164,23 +165,21 @@ class BaichuanAudioReconstructionDecoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        d = config.d_model
-        self.dconv1 = CausalConvTranspose1d(d, d, config.decoder_kernel_size, config.avg_pooler)
+        d, dec = config.d_model, config.decoder_config
+        self.dconv1 = CausalConvTranspose1d(d, d, dec.kernel_size, config.avg_pooler)
         self.register_buffer("positional_embedding", sinusoids(config.max_source_positions, d), persistent=False)
         self.layers = whisper_layers(
             config,
-            config.decoder_layers,
+            dec.num_hidden_layers,
             d,
-            config.decoder_attention_heads,
-            config.decoder_ffn_dim,
-            config.activation_function,
+            dec.num_attention_heads,
+            dec.intermediate_size,
+            dec.activation_function,
             "layer",
-            config.layer_norm_eps,
+            dec.layer_norm_eps,
         )
-        self.layer_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.dconv2 = CausalConvTranspose1d(
-            d, config.legacy_mel_bins, config.decoder_kernel_size, config.decoder_stride_size
-        )
+        self.layer_norm = nn.LayerNorm(d, eps=dec.layer_norm_eps)
+        self.dconv2 = CausalConvTranspose1d(d, dec.legacy_mel_bins, dec.kernel_size, dec.stride_size)
         self.post_net = MelSpecRefineNet(config)
 
     def positions(self, length: int) -> torch.Tensor:
@@ -371,7 +370,7 @@ class BaichuanAudioCode2Wav(BaichuanAudioCode2WavPreTrainedModel):
         mask = (torch.arange(total, device=mu.device)[None, :] < out_lengths[:, None])[:, None, :].to(mu.dtype)
         if noise is None:
             noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            noise = noise * self.config.temperature
+            noise = noise * self.config.flow_matching_config.temperature
         elif tuple(noise.shape) != tuple(mu.shape):
             raise ValueError(
                 f"noise must have shape {tuple(mu.shape)} (batch, n_mels, frames), got {tuple(noise.shape)}"
@@ -381,9 +380,9 @@ class BaichuanAudioCode2Wav(BaichuanAudioCode2WavPreTrainedModel):
             noise.to(mu.device, mu.dtype),
             mu,
             mask,
-            num_steps or self.config.diffusion_steps,
-            self.config.inference_cfg_rate,
-            self.config.t_scheduler,
+            num_steps or self.config.flow_matching_config.diffusion_steps,
+            self.config.flow_matching_config.inference_cfg_rate,
+            self.config.flow_matching_config.t_scheduler,
             callback=callback,
         )
         return mel * mask, out_lengths
@@ -441,7 +440,7 @@ class BaichuanAudioCode2Wav(BaichuanAudioCode2WavPreTrainedModel):
             noise: CFM initial noise: (B, n_mels, T_max) for the batch (segment ``i`` uses ``[i, :, :T_i]`` in the
                 batch-invariant mode), or a list of (n_mels, T_i) / (1, n_mels, T_i).
             generator: RNG for the CFM noise and the vocoder's NSF draws (global RNG when None).
-            num_steps: Euler steps (default ``config.diffusion_steps``).
+            num_steps: Euler steps (default ``config.flow_matching_config.diffusion_steps``).
             batch_invariant: True: each segment decoded as if alone. False: the original's padded-batch decoding.
             source / draws: per-segment NSF excitation (T_i * hop,) or draws (see :class:`NSFSourceDraws`).
         """

@@ -64,7 +64,7 @@ class BaichuanAudioStreamingDecoder:
     ):
         self.model = model
         cfg = model.config
-        self.chunk = cfg.static_chunk_size
+        self.chunk = cfg.flow_matching_config.static_chunk_size
         self.stride = model.decoder.dconv1.conv.stride[0]
         self.noise = noise
         self.generator = generator
@@ -79,7 +79,7 @@ class BaichuanAudioStreamingDecoder:
             draws = NSFSourceDraws.sample(1, self.harmonics, 0, generator, model.device)
         self.draws = draws
         self.frames: list[torch.Tensor] = []
-        self.mel = torch.zeros(1, cfg.in_channels, 0, device=model.device)
+        self.mel = torch.zeros(1, cfg.flow_matching_config.in_channels, 0, device=model.device)
         self.mel_chunks_done = 0
         self.source = torch.zeros(1, 0, device=model.device)
         self.f0 = torch.zeros(1, 0, device=model.device)
@@ -92,7 +92,7 @@ class BaichuanAudioStreamingDecoder:
         return math.ceil(self.chunk / self.stride)
 
     def _noise(self, total: int) -> torch.Tensor:
-        n_mels = self.model.config.in_channels
+        n_mels = self.model.config.flow_matching_config.in_channels
         if self.noise is not None:
             if self.noise.shape[-1] < total:
                 raise ValueError(f"streaming noise covers {self.noise.shape[-1]} mel frames, {total} needed")
@@ -100,7 +100,7 @@ class BaichuanAudioStreamingDecoder:
         have = getattr(self, "_drawn_noise", torch.zeros(1, n_mels, 0, device=self.model.device))
         if have.shape[-1] < total:
             extra = torch.randn((1, n_mels, total - have.shape[-1]), generator=self.generator, device=self.model.device)
-            have = torch.cat([have, extra * self.model.config.temperature], dim=-1)
+            have = torch.cat([have, extra * self.model.config.flow_matching_config.temperature], dim=-1)
             self._drawn_noise = have
         return have[..., :total]
 

@@ -52,24 +52,26 @@ class BaichuanAudioFlowPrenet(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.config = config
-        d = config.prenet_d_model
-        self.in_mlp = nn.Sequential(nn.Linear(config.prenet_in_dim, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
+        self.config = config  # the code2wav config (attention implementation); sizes from its flow_matching_config
+        fm = config.flow_matching_config
+        self.length_scale = fm.prenet_target_mel_length_scale_ratio
+        d = fm.prenet_d_model
+        self.in_mlp = nn.Sequential(nn.Linear(fm.prenet_in_dim, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
         self.layers = whisper_layers(
             config,
-            config.prenet_nlayers,
+            fm.prenet_nlayers,
             d,
-            config.prenet_attention_heads,
-            config.prenet_ffn_dim,
-            config.prenet_activation_function,
+            fm.prenet_attention_heads,
+            fm.prenet_ffn_dim,
+            fm.prenet_activation_function,
             "rms",
             1e-6,
         )
         self.final_norm = BaichuanRMSNorm(d, eps=1e-6)
-        self.out_proj = nn.Linear(d, config.prenet_out_dim, bias=False)
+        self.out_proj = nn.Linear(d, fm.prenet_out_dim, bias=False)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return (lengths.float() * self.config.prenet_target_mel_length_scale_ratio).to(torch.int64)
+        return (lengths.float() * self.length_scale).to(torch.int64)
 
     def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden_states (B, T, d_model) (padded rows ignored), lengths (B,) -> (mu (B, T', n_mels), lengths')."""
@@ -213,10 +215,11 @@ class BaichuanAudioUNetTransformerBlock(GradientCheckpointingLayer):
 
     def __init__(self, config, dim: int):
         super().__init__()
+        fm = config.flow_matching_config
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = BaichuanAudioUNetAttention(config, dim, config.num_heads, config.attention_head_dim)
+        self.attn = BaichuanAudioUNetAttention(config, dim, fm.num_heads, fm.attention_head_dim)
         self.norm3 = nn.LayerNorm(dim)
-        self.ff = BaichuanAudioUNetFeedForward(dim, config.act_fn)
+        self.ff = BaichuanAudioUNetFeedForward(dim, fm.act_fn)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = hidden_states + self.attn(self.norm1(hidden_states), attention_mask)
@@ -230,7 +233,7 @@ class BaichuanAudioUNetStage(nn.Module):
         super().__init__()
         self.resnet = CausalResnetBlock1D(dim, dim_out, time_dim)
         self.transformer_blocks = nn.ModuleList(
-            [BaichuanAudioUNetTransformerBlock(config, dim_out) for _ in range(config.n_blocks)]
+            [BaichuanAudioUNetTransformerBlock(config, dim_out) for _ in range(config.flow_matching_config.n_blocks)]
         )
         self.sampler = sampler
 
@@ -266,17 +269,19 @@ class BaichuanAudioTimestepMLP(nn.Module):
 class BaichuanAudioFlowEstimator(nn.Module):
     """The causal conditional U-Net ``v(x, mu, t)``: (B, n_mels, T) x2 -> (B, n_mels, T).
 
-    Levels follow ``config.channels``; inner levels downsample with a stride-2 conv and upsample with a transposed
-    conv (as the original), the last level uses a causal k=3 conv instead. The attention chunk is
-    ``config.static_chunk_size`` frames at every level.
+    Levels follow ``flow_matching_config.channels``; inner levels downsample with a stride-2 conv and upsample with a
+    transposed conv (as the original), the last level uses a causal k=3 conv instead. The attention chunk is
+    ``flow_matching_config.static_chunk_size`` frames at every level. ``config`` is the code2wav config.
     """
 
     def __init__(self, config):
         super().__init__()
         self.config = config
-        n_mels = config.in_channels
-        in_ch = 2 * n_mels + config.spk_emb_dim
-        channels = list(config.channels)
+        fm = config.flow_matching_config
+        self.chunk_size = fm.static_chunk_size
+        n_mels = fm.in_channels
+        in_ch = 2 * n_mels + fm.spk_emb_dim
+        channels = list(fm.channels)
         self.time_in_dim = in_ch
         time_dim = 4 * channels[0]
         self.time_mlp = BaichuanAudioTimestepMLP(in_ch, time_dim)
@@ -289,7 +294,7 @@ class BaichuanAudioFlowEstimator(nn.Module):
             sampler = CausalConv1d(out_ch, out_ch, 3) if last else nn.Conv1d(out_ch, out_ch, 3, 2, 1)
             self.down_blocks.append(BaichuanAudioUNetStage(config, prev, out_ch, time_dim, sampler))
         self.mid_blocks = nn.ModuleList(
-            [BaichuanAudioUNetStage(config, channels[-1], out_ch, time_dim, None) for _ in range(config.num_mid_blocks)]
+            [BaichuanAudioUNetStage(config, channels[-1], out_ch, time_dim, None) for _ in range(fm.num_mid_blocks)]
         )
         self.up_blocks = nn.ModuleList()
         rev = channels[::-1] + [channels[0]]
@@ -303,7 +308,7 @@ class BaichuanAudioFlowEstimator(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x, mu: (B, n_mels, T); mask: (B, 1, T) float (1 = valid); t: scalar flow time. Returns (B, n_mels, T)."""
-        chunk = self.config.static_chunk_size
+        chunk = self.chunk_size
         time_emb = self.time_mlp(timestep_embedding(t, self.time_in_dim).to(x.dtype))
         x = torch.cat([x, mu], dim=1)
         mask = mask.to(x.dtype)
