@@ -21,6 +21,7 @@ import torch
 
 from transformers_baichuan_audio.configuration import BaichuanAudioTokenizerConfig
 from transformers_baichuan_audio.modeling.audio_tokenizer import BaichuanAudioTokenizerModel
+from transformers_baichuan_audio.processing.feature_extraction import BaichuanAudioFeatureExtractor
 
 SMALL = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 160}
 
@@ -59,7 +60,7 @@ def main() -> None:
     clips = [(rng.standard_normal(int(args.seconds * 16000)) * 0.1).astype(np.float32) for _ in range(args.batch)]
     audio_seconds = args.batch * args.seconds
 
-    fe = model.feature_extractor
+    fe = BaichuanAudioFeatureExtractor.from_tokenizer_config(model.config)
     t0 = time.perf_counter()
     feats = fe(clips, sampling_rate=16000)
     fe_time = time.perf_counter() - t0

@@ -8,6 +8,7 @@ import functools
 import pytest
 import torch
 
+from transformers_baichuan_audio.audio_encoding import encode_audio
 from transformers_baichuan_audio.conversion.config import config_from_original, read_added_tokens
 from transformers_baichuan_audio.conversion.llm_weights import convert_original_model_weights
 from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
@@ -70,7 +71,7 @@ def fixture_audio_codes(fixture_dir: str, wav_name: str) -> torch.Tensor:
     tokenizer = BaichuanAudioTokenizerModel(BaichuanAudioTokenizerConfig(**kwargs)).eval()
     tokenizer.load_state_dict(convert_original_audio_tokenizer_weights(fixture.original_state_dict())[0], strict=True)
     wave, rate = fixture.input_wav(wav_name)
-    return tokenizer.encode(audio=wave, sampling_rate=rate)[0]
+    return encode_audio(tokenizer, wave, rate)[0]
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GenerationConfig
 
+import transformers_baichuan_audio
 from transformers_baichuan_audio import BaichuanAudioForConditionalGeneration, BaichuanAudioProcessor
 from transformers_baichuan_audio.conversion.config import ConversionError, config_from_original, read_added_tokens
 from transformers_baichuan_audio.conversion.convert import (
@@ -65,7 +66,7 @@ def test_converted_directory_equals_on_the_fly_loading(reference_fixture, origin
     assert generation.eos_token_id == reference_fixture.special_tokens["roles"]["eos_token_id"]
 
     from_dir = BaichuanAudioForConditionalGeneration.from_pretrained(converted_dir, dtype=torch.float32).eval()
-    on_the_fly = BaichuanAudioForConditionalGeneration.from_pretrained(
+    on_the_fly = transformers_baichuan_audio.load_original_model(
         original_dir, vocoder=reference_fixture.vocoder_path, vocoder_config=reference_fixture.vocoder_config
     ).eval()
     a, b = from_dir.state_dict(), on_the_fly.state_dict()

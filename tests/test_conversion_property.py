@@ -5,7 +5,7 @@ heads * head_dim != hidden, kv groups of 1 and of all heads, odd layer counts, c
 powers of two, packed/separate q/k/v, with/without q/k/v biases, NormHead, absent fields, multi-level U-Nets):
 random original-layout weights are converted and
 
-(a) the on-the-fly ``from_pretrained(original_dir, vocoder=...)`` and ``convert`` + ``from_pretrained(converted_dir)``
+(a) the on-the-fly ``load_original_model(original_dir, vocoder=...)`` and ``convert`` + ``from_pretrained(converted_dir)``
     hold identical weights and give identical logits;
 (b) ``save_pretrained`` / ``from_pretrained`` round trips are identical;
 (c) every original key is converted or on a documented drop list (the converter raises otherwise: unknown keys,
@@ -32,7 +32,7 @@ from original_layout import (
     write_original_checkpoint,
 )
 
-from transformers_baichuan_audio import BaichuanAudioForConditionalGeneration
+from transformers_baichuan_audio import BaichuanAudioForConditionalGeneration, load_original_model
 from transformers_baichuan_audio.configuration import BaichuanAudioVocoderConfig
 from transformers_baichuan_audio.conversion.convert import convert_checkpoint
 from transformers_baichuan_audio.modeling.vocoder import BaichuanAudioHiFTVocoder
@@ -74,9 +74,7 @@ def converted(request, tmp_path_factory):
     state = random_original_state(cfg, seed)
     original_dir = write_original_checkpoint(root / "original", cfg, state)
     vocoder = _write_vocoder(root, seed)
-    on_the_fly = BaichuanAudioForConditionalGeneration.from_pretrained(
-        original_dir, vocoder=vocoder, dtype=torch.float32
-    ).eval()
+    on_the_fly = load_original_model(original_dir, vocoder=vocoder, dtype=torch.float32).eval()
     out_dir = convert_checkpoint(
         original_dir, root / "converted", vocoder=vocoder, save_processor=False, progress=False
     )

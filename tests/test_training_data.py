@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from transformers_baichuan_audio.audio_encoding import encode_audio
 from transformers_baichuan_audio.tiny_random import TINY_TRAINING_CODEBOOK_SIZES, tiny_random_processor
 from transformers_baichuan_audio.training import IGNORE_INDEX, BaichuanAudioCollator
 
@@ -232,7 +233,7 @@ def test_collator_encodes_waveforms_with_audio_tokenizer(proc):
         "messages": [msg("user", {"type": "audio", "array": wav, "sampling_rate": 16000}), msg("assistant", C(answer))],
     }
     batch = BaichuanAudioCollator(proc, TINY_TRAINING_CODEBOOK_SIZES, audio_tokenizer=tokenizer)([row])
-    heard = tokenizer.encode(audio=wav, sampling_rate=16000)[0].tolist()
+    heard = encode_audio(tokenizer, wav, 16000)[0].tolist()
     assert batch["audio_codes"].tolist() == heard + answer
     assert "input_features" not in batch
     assert (batch["input_ids"] == proc.audio_pad_token_id).sum().item() == len(heard) + len(answer)

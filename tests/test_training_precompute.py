@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from transformers_baichuan_audio.audio_encoding import encode_audio
 from transformers_baichuan_audio.configuration import BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.audio_tokenizer import BaichuanAudioTokenizerModel
 from transformers_baichuan_audio.tiny_random import tiny_random_processor
@@ -60,7 +61,7 @@ def expected_rows(rows, audio_tokenizer):
     out = []
     for row in rows:
         wav = np.asarray(row["messages"][0]["content"][0]["array"], dtype=np.float32)
-        codes = audio_tokenizer.encode(audio=wav, sampling_rate=16000)[0].tolist()
+        codes = encode_audio(audio_tokenizer, wav, 16000)[0].tolist()
         out.append(
             {
                 "task": "aqa",

@@ -2,7 +2,9 @@
 
 ``import transformers_baichuan_audio`` registers the configs, models and processor with the transformers Auto
 classes, so ``AutoConfig`` / ``AutoModelForCausalLM`` / ``AutoModelForMultimodalLM`` / ``AutoProcessor`` load
-Baichuan-Audio checkpoints without ``trust_remote_code``.
+Baichuan-Audio checkpoints without ``trust_remote_code``. Checkpoints in the ORIGINAL released layout
+(``model_type: "omni"``) load through :func:`load_original_model` (converted in memory) or are converted once with
+``baichuan-audio convert``.
 """
 
 from .registration import check_transformers_version, register
@@ -19,6 +21,7 @@ from .configuration import (  # noqa: E402
     BaichuanAudioTokenizerConfig,
     BaichuanAudioVocoderConfig,
 )
+from .conversion.convert import load_original_model  # noqa: E402
 from .modeling.audio_tokenizer import BaichuanAudioTokenizerModel  # noqa: E402
 from .modeling.baichuan_audio import (  # noqa: E402
     BaichuanAudioForConditionalGeneration,
@@ -42,6 +45,7 @@ __all__ = [
     "BaichuanAudioTokenizerConfig",
     "BaichuanAudioTokenizerModel",
     "BaichuanAudioVocoderConfig",
+    "load_original_model",
     "register",
     "__version__",
 ]

@@ -292,7 +292,9 @@ class ParityContext:
 
     def _encode_clip(self, name: str) -> torch.Tensor:
         wav, sr = self.fixture.input_wav(name)
-        return self.model.model.audio_tokenizer.encode(audio=wav, sampling_rate=sr)[0]
+        from .audio_encoding import encode_audio
+
+        return encode_audio(self.model.model.audio_tokenizer, wav, sr)[0]
 
     def _tokenizer(self):
         from transformers import AutoTokenizer

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import initialization as init
@@ -279,8 +278,10 @@ class BaichuanAudioTokenizerModel(BaichuanAudioTokenizerPreTrainedModel):
         model = BaichuanAudioTokenizerModel.from_pretrained(
             full_dir, key_mapping={r"^model\.audio_tokenizer\.": ""}
         )
-        codes = model.encode(audio=[wav_a, wav_b], sampling_rate=16000)  # list of (frames_i, 8) LongTensors
-        feats = model.feature_extractor(wav_a, sampling_rate=16000)  # or encode(**features) yourself
+        extractor = BaichuanAudioFeatureExtractor.from_tokenizer_config(model.config)
+        features = extractor([wav_a, wav_b], sampling_rate=16000, return_tensors="pt")
+        codes = model.encode(**features)  # list of (frames_i, 8) LongTensors, one per clip
+        # the same in one call: transformers_baichuan_audio.audio_encoding.encode_audio(model, [wav_a, wav_b], 16000)
     """
 
     def __init__(self, config: BaichuanAudioTokenizerConfig):
@@ -288,7 +289,6 @@ class BaichuanAudioTokenizerModel(BaichuanAudioTokenizerPreTrainedModel):
         self.encoder = BaichuanAudioEncoder(config)
         self.bridge = BaichuanAudioBridge(config)
         self.quantizer = BaichuanAudioResidualVQ(config)
-        self._feature_extractor = None
         self.post_init()
 
     def forward(
@@ -341,15 +341,6 @@ class BaichuanAudioTokenizerModel(BaichuanAudioTokenizerPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     # ---------------------------------------------------------------------------------------- convenience
-    @property
-    def feature_extractor(self):
-        """A :class:`BaichuanAudioFeatureExtractor` matching this config (created on first use)."""
-        if self._feature_extractor is None:
-            from ..processing.feature_extraction import BaichuanAudioFeatureExtractor
-
-            self._feature_extractor = BaichuanAudioFeatureExtractor.from_tokenizer_config(self.config)
-        return self._feature_extractor
-
     @torch.no_grad()
     def encode(
         self,
@@ -359,31 +350,18 @@ class BaichuanAudioTokenizerModel(BaichuanAudioTokenizerPreTrainedModel):
         feature_length: torch.Tensor | None = None,
         audio_pieces: torch.Tensor | list[int] | None = None,
         *,
-        audio: np.ndarray | torch.Tensor | list | None = None,
-        sampling_rate: int | None = None,
         batch_invariant: bool = False,
     ) -> list[torch.LongTensor]:
-        r"""Codes per clip, from features or from raw audio.
-
-        Either pass the feature extractor's outputs (``input_features`` (n_pieces, mel_bins, T), ``encoder_length``,
-        optionally ``bridge_length``, ``feature_length``, ``audio_pieces``), or ``audio`` (one clip or a list of
-        clips, see :class:`BaichuanAudioFeatureExtractor`) with its ``sampling_rate``.
+        r"""Codes per clip, from the feature extractor's outputs (``input_features`` (n_pieces, mel_bins, T),
+        ``encoder_length``, optionally ``bridge_length``, ``feature_length``, ``audio_pieces``, as tensors). From raw
+        audio: :func:`transformers_baichuan_audio.audio_encoding.encode_audio`.
 
         Returns:
             list (one per clip; per piece when ``audio_pieces`` is not given) of `torch.LongTensor` of shape
             `(frames, num_codebooks)`; a clip's pieces are concatenated in time order.
         """
-        if audio is not None:
-            if input_features is not None:
-                raise ValueError("pass either `audio` or `input_features`, not both")
-            if sampling_rate is None:
-                raise ValueError("`sampling_rate` is required with `audio`")
-            feats = self.feature_extractor(audio, sampling_rate=sampling_rate, return_tensors="pt")
-            input_features, encoder_length = feats["input_features"], feats["encoder_length"]
-            bridge_length, feature_length = feats["bridge_length"], feats["feature_length"]
-            audio_pieces = feats["audio_pieces"]
         if input_features is None or encoder_length is None:
-            raise ValueError("`encode` needs `audio` or `input_features` with `encoder_length`")
+            raise ValueError("`encode` needs `input_features` with `encoder_length` (raw audio: `encode_audio`)")
         device = self.encoder.conv1.weight.device
         out = self.forward(
             input_features.to(device),

@@ -44,28 +44,12 @@ from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
+from ..audio_codes import fill_audio_codes
 from ..configuration import BaichuanAudioConfig
 from .audio_head import BaichuanAudioHead
 from .generation import BaichuanAudioGenerationMixin
 
 _AUDIO_GENERATION_INPUTS = ("audio_codes", "input_features", "encoder_length", "bridge_length")
-
-
-def fill_audio_codes(audio_codes: torch.Tensor, encoded_codes: torch.Tensor) -> torch.Tensor:
-    """Merge given ``audio_codes`` (one row per ``<audio_pad>``, ``-1`` rows for frames of waveform blocks, as the
-    processor returns them) with the codes the audio tokenizer computed from ``input_features`` (pieces in order):
-    the ``-1`` rows are filled, in order, with the rows of ``encoded_codes``. Returns a new (n_pads, num_codebooks)
-    tensor."""
-    audio_codes = audio_codes.reshape(-1, audio_codes.shape[-1])
-    todo = audio_codes[:, 0] < 0
-    if int(todo.sum()) != encoded_codes.shape[0]:
-        raise ValueError(
-            f"audio_codes has {int(todo.sum())} frames to fill from input_features but the audio tokenizer gave "
-            f"{encoded_codes.shape[0]}"
-        )
-    out = audio_codes.clone()
-    out[todo] = encoded_codes.to(out.device, out.dtype)
-    return out
 
 
 @dataclass
@@ -254,29 +238,8 @@ class BaichuanAudioForConditionalGeneration(
         self.model = BaichuanAudioModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.audio_head = BaichuanAudioHead(config.audio_head_config)
-        self.code2wav = (
-            AutoModel.from_config(config.code2wav_config) if config.enable_audio_output else None
-        )
+        self.code2wav = AutoModel.from_config(config.code2wav_config) if config.enable_audio_output else None
         self.post_init()
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path=None, *model_args, vocoder=None, **kwargs):
-        """``PreTrainedModel.from_pretrained``, plus on-the-fly conversion of ORIGINAL-layout checkpoints.
-
-        A local directory whose ``config.json`` has ``model_type: "omni"`` (the released Baichuan-Audio layout) is
-        converted in memory by :func:`transformers_baichuan_audio.conversion.convert.load_original_model`, with the
-        same key and shape checks as ``baichuan-audio convert``; ``vocoder`` is then the path of the HiFT weights
-        (``hift.pt``), without which audio output is disabled. Download hub repos of the original layout first
-        (``huggingface_hub.snapshot_download``), or convert them once with ``baichuan-audio convert``.
-        """
-        if pretrained_model_name_or_path is not None and not model_args:
-            from ..conversion.convert import is_original_checkpoint, load_original_model
-
-            if is_original_checkpoint(pretrained_model_name_or_path):
-                return load_original_model(pretrained_model_name_or_path, vocoder, **kwargs)
-        if vocoder is not None:
-            raise ValueError("`vocoder=` is only used when loading an original-layout (model_type 'omni') checkpoint")
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @classmethod
     def _from_converted_state_dict(cls, config: BaichuanAudioConfig, state_dict: dict, **kwargs):

@@ -55,6 +55,7 @@ from transformers import GenerationConfig, LogitsProcessorList, SuppressTokensLo
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.utils import ModelOutput
 
+from ..audio_codes import cut_at_end_of_audio
 from ..configuration import TOKEN_ID_FIELDS
 from .decode_steps import SpeechDecodeSteps, resolve_compile_config
 from .logits_process import (
@@ -604,6 +605,28 @@ class BaichuanAudioGenerationMixin:
         waves = [_decode_waveform(code2wav, s) for s in segments]
         return join_waveforms(waves, overlap, mode=join)
 
+    def decode_audio(self, codes, **kwargs) -> list[torch.Tensor]:
+        """24 kHz waveforms of audio code segments, one per segment (:func:`decode_audio_codes` with
+        ``self.code2wav``); ``kwargs`` (``generator``, ``num_steps``, ...) go to ``code2wav.decode`` unchanged."""
+        code2wav = getattr(self, "code2wav", None)
+        if code2wav is None:
+            raise ValueError("this model has no code2wav (enable_audio_output=False): it cannot decode audio codes")
+        return decode_audio_codes(code2wav, codes, **kwargs)
+
+
+def decode_audio_codes(code2wav, codes, **kwargs) -> list[torch.Tensor]:
+    """24 kHz waveforms of audio code segments: a thin call to ``code2wav.decode`` (a :class:`BaichuanAudioCode2Wav`).
+
+    ``codes``: one ``(N, C)`` array or a list of them (e.g. the ``codes`` of the processor's ``split_generated``
+    segments). Each segment is cut at its first end-of-audio frame (:func:`..audio_codes.cut_at_end_of_audio`, as the
+    original's ``decode_wave_vocoder`` does); ``kwargs`` go to ``decode`` unchanged. Returns one 1-D waveform per
+    segment (``decode(...).audio_values``).
+    """
+    sizes = getattr(getattr(code2wav, "config", None), "codebook_sizes", None)
+    items = list(codes) if isinstance(codes, (list, tuple)) else [codes]
+    out = code2wav.decode([cut_at_end_of_audio(c, sizes) for c in items], **kwargs)
+    return list(getattr(out, "audio_values", out))
+
 
 JOIN_MODES = ("crossfade", "reference")
 
@@ -808,6 +831,7 @@ __all__ = [
     "SPEECH_GENERATION_DEFAULTS",
     "check_prompt_length",
     "crossfade",
+    "decode_audio_codes",
     "split_tts_text",
     "join_waveforms",
 ]

@@ -30,8 +30,9 @@ Outputs (``BatchFeature``)
     ``<audio_pad_baichuan>`` of the whole batch in pad order (row-major over ``input_ids``); the rows of pads that
     belong to waveform blocks are ``-1`` and must be filled, in order, with the codes the audio tokenizer computes
     from ``input_features``: ``codes[codes[:, 0] < 0] = audio_tokenizer(input_features, ...)``
-    (:func:`fill_audio_codes`). ``apply_chat_template(..., return_assistant_tokens_mask=True)`` also returns
-    ``assistant_masks`` (assistant text and every token of the assistant's audio blocks).
+    (:func:`transformers_baichuan_audio.audio_codes.fill_audio_codes`; the model does it).
+    ``apply_chat_template(..., return_assistant_tokens_mask=True)`` also returns ``assistant_masks`` (assistant
+    text and every token of the assistant's audio blocks).
 
 Security
     Text given to :meth:`__call__` is trusted: special-token strings in it ARE control tokens (that is how the
@@ -46,8 +47,8 @@ Security
 Output side
     :meth:`split_generated` splits a generated sequence into text and audio segments (with their codes),
     :meth:`to_assistant_message` turns them into the next turn's assistant message (codes, no wav round trip),
-    :meth:`decode_audio` turns codes into waveforms through ``model.code2wav.decode``, :func:`save_wav` writes a wav
-    file and :meth:`batch_decode` gives the text.
+    :func:`save_wav` writes a wav file and :meth:`batch_decode` gives the text. Turning codes into waveforms is the
+    model's job (``model.decode_audio(codes)``; the processor never needs the model).
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ import torch
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from ..modeling.baichuan_audio import fill_audio_codes  # re-exported: merging codes with encoded features
 from .audio_io import (  # re-exported: files in / out and the shared audio content part
     InvalidAudioError,
     audio_part_source,
@@ -651,30 +651,6 @@ class BaichuanAudioProcessor(ProcessorMixin):
                 content.append({"type": "audio_codes", "codes": seg["codes"]})
         return {"role": "assistant", "content": content}
 
-    @staticmethod
-    def decode_audio(model, codes, **kwargs) -> list[torch.Tensor]:
-        """24 kHz waveforms of audio code segments: a thin call to ``model.code2wav.decode`` (or ``model.decode`` for
-        a bare :class:`BaichuanAudioCode2Wav`).
-
-        ``codes``: one ``(N, C)`` array or a list of them (e.g. the ``codes`` of :meth:`split_generated` segments).
-        Each segment is cut at its first end-of-audio frame (a code equal to its codebook size, as the original's
-        ``decode_wave_vocoder`` does); ``kwargs`` (``generator``, ``num_steps``, ...) go to ``decode`` unchanged.
-        Returns one 1-D waveform per segment (``decode(...).audio_values``).
-        """
-        decoder = getattr(model, "code2wav", None) or model
-        sizes = getattr(getattr(decoder, "config", None), "codebook_sizes", None)
-        items = list(codes) if isinstance(codes, (list, tuple)) else [codes]
-        segments = []
-        for c in items:
-            c = torch.as_tensor(c).long()
-            c = c.reshape(-1, c.shape[-1])
-            if sizes is not None:
-                eos = (c >= torch.as_tensor(list(sizes), device=c.device)[None, :]).any(-1).nonzero()
-                c = c[: int(eos[0, 0])] if len(eos) else c
-            segments.append(c)
-        out = decoder.decode(segments, **kwargs)
-        return list(getattr(out, "audio_values", out))
-
     def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs) -> list[str]:
         """Text of generated sequences (``skip_special_tokens=True`` by default: audio pads and switch tokens are
         dropped; use :meth:`split_generated` to keep the audio segments)."""
@@ -702,7 +678,6 @@ __all__ = [
     "default_chat_template",
     "voice_prompt",
     "save_wav",
-    "fill_audio_codes",
     "read_audio_file",
     "InvalidAudioError",
     "register_processor",

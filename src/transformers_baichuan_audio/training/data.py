@@ -77,6 +77,7 @@ import numpy as np
 import torch
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from ..audio_encoding import encode_audio
 from ..processing.audio_io import audio_part_source
 
 IGNORE_INDEX = -100
@@ -294,9 +295,7 @@ class BaichuanAudioCollator:
                         "audio_tokenizer= to the collator"
                     )
                 with torch.no_grad():
-                    codes = self.audio_tokenizer.encode(
-                        audio=clips, sampling_rate=self.processor.feature_extractor.sampling_rate
-                    )
+                    codes = encode_audio(self.audio_tokenizer, clips, self.processor.feature_extractor.sampling_rate)
                 for seg, c in zip(waves, codes, strict=True):
                     seg.codes = c.cpu().long()
             else:

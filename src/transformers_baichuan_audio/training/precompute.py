@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..audio_encoding import encode_audio
+from ..processing.feature_extraction import BaichuanAudioFeatureExtractor
 from .data import _audio_source, _is_audio, _parts
 
 MANIFEST = "manifest.json"
@@ -76,10 +78,10 @@ def encode_rows(rows: list[dict], audio_tokenizer) -> list[dict]:
     rows = json.loads(json.dumps(_jsonable(rows)))  # deep copy, plain python
     parts = [p for row in rows for p in _waveform_parts(row)]
     if parts:
-        fe = audio_tokenizer.feature_extractor
+        fe = BaichuanAudioFeatureExtractor.from_tokenizer_config(audio_tokenizer.config)
         clips = [fe.prepare_waveform(*_audio_source(p)[1]) for p in parts]
         with torch.no_grad():
-            codes = audio_tokenizer.encode(audio=clips, sampling_rate=fe.sampling_rate)
+            codes = encode_audio(audio_tokenizer, clips, fe.sampling_rate, feature_extractor=fe)
         for part, c in zip(parts, codes, strict=True):
             part.clear()
             part.update({"type": "audio_codes", "codes": c.cpu().long().tolist()})
