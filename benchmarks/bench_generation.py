@@ -48,7 +48,7 @@ from transformers import CompileConfig
 
 from transformers_baichuan_audio.configuration import BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
-from transformers_baichuan_audio.modeling.streaming import BaichuanAudioStreamer
+from transformers_baichuan_audio.modeling.streamer import BaichuanAudioStreamer
 
 QWEN25_05B = {
     "model_type": "qwen2",

@@ -23,7 +23,7 @@ from generation_helpers import (  # noqa: F401  (pytest fixtures)
     one_thread,
 )
 
-from transformers_baichuan_audio.modeling.streaming import BaichuanAudioStreamer
+from transformers_baichuan_audio.modeling.streamer import BaichuanAudioStreamer
 
 CAPS = dict(do_sample=False, text_segment_max_new_tokens=8, audio_max_frames=10, max_rounds=3)
 

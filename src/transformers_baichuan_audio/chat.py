@@ -38,7 +38,7 @@ import torch
 
 from . import loading
 from .modeling.generation import PromptTooLongError, check_prompt_length, crossfade, join_waveforms, split_tts_text
-from .modeling.streaming import BaichuanAudioStreamer
+from .modeling.streamer import BaichuanAudioStreamer
 from .processing.audio_io import InvalidAudioError, read_audio_file
 from .processing.processor import DEFAULT_VOICE, OUTPUT_SAMPLING_RATE
 

@@ -1,4 +1,4 @@
-"""Streaming of ``generate(..., output_audio=True)``: text deltas and audio (codes + waveform chunks) as they come.
+"""The streamer of ``generate(..., output_audio=True)``: text deltas and audio (codes + waveform chunks) as they come.
 
 :class:`BaichuanAudioStreamer` is filled by the generation loop (``put_text`` / ``put_audio`` / ``end_segment`` /
 ``end``) and consumed by iterating over it, typically from another thread (or a Gradio generator)::
@@ -25,6 +25,7 @@ import queue
 from dataclasses import dataclass
 
 import torch
+from transformers.generation import BaseStreamer
 
 
 @dataclass
@@ -47,8 +48,10 @@ class BaichuanAudioStreamEvent:
     segment: int | None = None
 
 
-class BaichuanAudioStreamer:
-    """Queue-based streamer for the speech generation loop (thread-safe producer/consumer).
+class BaichuanAudioStreamer(BaseStreamer):
+    """Queue-based streamer for the speech generation loop (thread-safe producer/consumer); a transformers
+    ``BaseStreamer``: ``put`` / ``end`` also make it a text streamer of the stock text ``generate`` (``put``'s
+    first call, the prompt, is skipped as ``TextStreamer(skip_prompt=True)`` does).
 
     Args:
         tokenizer: decodes text deltas (``event.text``); without it only ``token_ids`` are given.
@@ -80,6 +83,7 @@ class BaichuanAudioStreamer:
         self._decoders: dict[int, object] = {}  # consumer side only
         self._pending: list[BaichuanAudioStreamEvent] = []
         self._segments: dict[int, int] = {}
+        self._prompt_seen = False
 
     # --------------------------------------------------------------------------------------------- producer side
     def put_text(self, row: int, token_ids: list[int]) -> None:
@@ -106,6 +110,16 @@ class BaichuanAudioStreamer:
         segment = self._segments.get(row, 0)
         self.queue.put(BaichuanAudioStreamEvent(row=row, kind="segment_end", segment=segment))
         self._segments[row] = segment + 1
+
+    def put(self, value: torch.Tensor) -> None:
+        """``BaseStreamer.put`` (the stock ``generate``): token ids ``(batch, n)`` or ``(n,)``; the first call (the
+        prompt) is skipped, later ones are :meth:`put_text` of each row."""
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        ids = value.detach().to("cpu").reshape(value.shape[0] if value.dim() > 1 else 1, -1)
+        for row, tokens in enumerate(ids.tolist()):
+            self.put_text(row, tokens)
 
     def end(self) -> None:
         """End of generation (also unblocks the consumer)."""
