@@ -134,6 +134,25 @@ def test_inconsistent_original_is_a_conversion_error(reference_fixture):
         config_from_original(original)
 
 
+def test_sparse_layers_equal_to_ordinary_ones_convert(reference_fixture):
+    original = copy.deepcopy(reference_fixture.config)
+    heads = original["num_attention_heads"]
+    original.update(sparse_attention_layers=[0], sparse_attention_heads=heads, num_key_value_heads=heads)
+    assert config_from_original(original).text_config.num_key_value_heads == heads
+
+
+def test_vocoder_arguments_absent_take_the_hift_constructor_defaults():
+    from transformers_baichuan_audio.configuration import BaichuanAudioVocoderConfig
+
+    cfg = BaichuanAudioVocoderConfig.from_original({"base_channels": 16})
+    assert (cfg.sampling_rate, cfg.upsample_rates, cfg.upsample_kernel_sizes) == (22050, [8, 8], [16, 16])
+    assert cfg.source_resblock_kernel_sizes == [7, 11] and cfg.f0_predictor_cond_channels == 512
+    # entries beyond the upsampling stages are ignored (the original zips them), too few are an error
+    BaichuanAudioVocoderConfig.from_original({"source_resblock_kernel_sizes": [7, 11, 11]})
+    with pytest.raises(Exception, match="one entry per upsampling stage"):
+        BaichuanAudioVocoderConfig.from_original({"source_resblock_kernel_sizes": [7]})
+
+
 def test_scale_embedding_is_not_applied(reference_fixture):
     """The original encoder computes sqrt(d_model) for ``scale_embedding`` but never multiplies by it (measured
     against the original code: applying it changes the encoder output by ~4 and the codes)."""

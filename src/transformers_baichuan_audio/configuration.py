@@ -152,6 +152,28 @@ class BaichuanAudioHeadConfig(PreTrainedConfig):
         return len(self.codebook_sizes)
 
 
+#: The original ``HiFTGenerator`` constructor's keyword defaults (CosyVoice's, 22.05 kHz) and its F0 predictor's.
+ORIGINAL_HIFT_DEFAULTS = {
+    "in_channels": 80,
+    "base_channels": 512,
+    "nb_harmonics": 8,
+    "sampling_rate": 22050,
+    "nsf_alpha": 0.1,
+    "nsf_sigma": 0.003,
+    "nsf_voiced_threshold": 10,
+    "upsample_rates": [8, 8],
+    "upsample_kernel_sizes": [16, 16],
+    "istft_params": {"n_fft": 16, "hop_len": 4},
+    "resblock_kernel_sizes": [3, 7, 11],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+    "source_resblock_kernel_sizes": [7, 11],
+    "source_resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
+    "lrelu_slope": 0.1,
+    "audio_limit": 0.99,
+}
+ORIGINAL_F0_PREDICTOR_DEFAULTS = {"num_class": 1, "in_channels": 80, "cond_channels": 512}
+
+
 @strict
 class BaichuanAudioVocoderConfig(PreTrainedConfig):
     r"""Configuration of the HiFT vocoder (CosyVoice 2 style NSF + iSTFT generator), mel (50 fps) -> 24 kHz.
@@ -203,13 +225,12 @@ class BaichuanAudioVocoderConfig(PreTrainedConfig):
             raise ValueError(
                 "BaichuanAudioVocoderConfig: `upsample_rates` and `upsample_kernel_sizes` differ in length"
             )
-        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
-            raise ValueError(
-                "BaichuanAudioVocoderConfig: `resblock_kernel_sizes` and `resblock_dilation_sizes` differ in length"
-            )
-        # one source branch (downsampling conv + resblock) is added after each upsampling stage
+        if len(self.resblock_dilation_sizes) < len(self.resblock_kernel_sizes):  # extra dilation lists are ignored
+            raise ValueError("BaichuanAudioVocoderConfig: fewer `resblock_dilation_sizes` than `resblock_kernel_sizes`")
+        # one source branch (downsampling conv + resblock) is added after each upsampling stage; as in the original
+        # (``zip``), entries beyond the stages are ignored
         n_up = len(self.upsample_rates)
-        if not len(self.source_resblock_kernel_sizes) == len(self.source_resblock_dilation_sizes) == n_up:
+        if min(len(self.source_resblock_kernel_sizes), len(self.source_resblock_dilation_sizes)) < n_up:
             raise ValueError(
                 "BaichuanAudioVocoderConfig: `source_resblock_kernel_sizes` and `source_resblock_dilation_sizes` need "
                 f"one entry per upsampling stage ({n_up}), got {len(self.source_resblock_kernel_sizes)} and "
@@ -226,8 +247,14 @@ class BaichuanAudioVocoderConfig(PreTrainedConfig):
 
     @classmethod
     def from_original(cls, hift_kwargs: dict) -> BaichuanAudioVocoderConfig:
-        """Build from the original ``HiFTGenerator`` constructor arguments (``vocoder_config.json`` of a fixture)."""
-        kwargs = dict(hift_kwargs)
+        """Build from the original ``HiFTGenerator`` constructor arguments (``vocoder_config.json`` of a fixture).
+
+        Absent arguments take the constructor's own defaults (:data:`ORIGINAL_HIFT_DEFAULTS`: 22.05 kHz, two 8x
+        upsampling stages, ...), not the released vocoder's values (which are this config's defaults, used when no
+        constructor arguments are given at all).
+        """
+        kwargs = {**copy.deepcopy(ORIGINAL_HIFT_DEFAULTS), **hift_kwargs}
+        kwargs["f0_predictor"] = {**ORIGINAL_F0_PREDICTOR_DEFAULTS, **(kwargs.get("f0_predictor") or {})}
         istft = kwargs.pop("istft_params", None) or {}
         f0 = kwargs.pop("f0_predictor", None) or {}
         if "n_fft" in istft:

@@ -177,7 +177,14 @@ def _text_config_from_original(original: dict) -> dict:
         raise ConversionError(
             "original config: neither `rope_theta` nor `rotary_emb_base` is set (the original needs one)"
         )
-    if llm["sparse_attention_layers"]:
+    # A "sparse" layer of the original has its own head count; with all heads and kv heads equal (and a square
+    # attention) it is an ordinary layer, the only sparse configuration the original runs at inference.
+    ordinary = (
+        original.get("sparse_attention_heads") == llm["num_attention_heads"] == llm["num_key_value_heads"]
+        and llm["num_attention_heads"] * llm["head_dim"] == llm["hidden_size"]
+        and llm["attention_qkv_pack"]
+    )
+    if llm["sparse_attention_layers"] and not ordinary:
         raise ConversionError(
             f"original config: sparse_attention_layers={llm['sparse_attention_layers']} (layers with another head "
             "count) is not supported"
