@@ -10,7 +10,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from transformers_baichuan_audio.reference_fixtures import (  # noqa: E402
+from transformers_baichuan_audio.parity.fixture import (  # noqa: E402
     FIXTURE_ENV,
     ReferenceFixture,
     checkout_fixture_dir,

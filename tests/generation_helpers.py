@@ -19,7 +19,7 @@ GenerationModel = BaichuanAudioForConditionalGeneration  # it inherits BaichuanA
 @functools.lru_cache(maxsize=2)
 def load_fixture_model(fixture_dir: str, with_code2wav: bool = False):
     """Model with the fixture's original LLM / audio embedding / head (+ code2wav) weights (fp32, eval)."""
-    from transformers_baichuan_audio.reference_fixtures import ReferenceFixture
+    from transformers_baichuan_audio.parity.fixture import ReferenceFixture
 
     fixture = ReferenceFixture(fixture_dir)
     config = config_from_original(
@@ -42,7 +42,7 @@ def load_fixture_model(fixture_dir: str, with_code2wav: bool = False):
 def load_fixture_tokenizer(fixture_dir: str):
     from transformers import AutoTokenizer
 
-    from transformers_baichuan_audio.reference_fixtures import ReferenceFixture
+    from transformers_baichuan_audio.parity.fixture import ReferenceFixture
 
     return AutoTokenizer.from_pretrained(str(ReferenceFixture(fixture_dir).tokenizer_dir()))
 
@@ -61,7 +61,7 @@ def fixture_audio_codes(fixture_dir: str, wav_name: str) -> torch.Tensor:
     from transformers_baichuan_audio.configuration import BaichuanAudioTokenizerConfig
     from transformers_baichuan_audio.conversion.audio_tokenizer_weights import convert_original_audio_tokenizer_weights
     from transformers_baichuan_audio.modeling.audio_tokenizer import BaichuanAudioTokenizerModel
-    from transformers_baichuan_audio.reference_fixtures import ReferenceFixture
+    from transformers_baichuan_audio.parity.fixture import ReferenceFixture
 
     fixture = ReferenceFixture(fixture_dir)
     audio = fixture.config["audio_config"]

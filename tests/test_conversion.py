@@ -268,3 +268,13 @@ def test_check_parity_cli_fails_on_a_wrong_or_missing_stage(reference_fixture, t
     assert 9e-4 < summary["stages"]["audio_head"] < 1.1e-3
     assert summary["stages"]["vocoder"] is None
     assert "missing expected/vocoder.safetensors" in res.stdout
+
+
+def test_from_pretrained_on_an_original_directory_says_how_to_load_it(tmp_path):
+    import json
+
+    from transformers_baichuan_audio import BaichuanAudioForConditionalGeneration
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "omni", "hidden_size": 128}))
+    with pytest.raises(ValueError, match="load_original_model"):
+        BaichuanAudioForConditionalGeneration.from_pretrained(tmp_path)

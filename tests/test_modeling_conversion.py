@@ -80,7 +80,7 @@ def config_from_fixture(original: dict, **overrides) -> BaichuanAudioConfig:
 
 @lru_cache(maxsize=2)
 def _load_fixture_model(path: str, attn_implementation: str):
-    from transformers_baichuan_audio.reference_fixtures import ReferenceFixture
+    from transformers_baichuan_audio.parity.fixture import ReferenceFixture
 
     fixture = ReferenceFixture(path)
     config = config_from_fixture(fixture.config)

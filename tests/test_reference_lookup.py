@@ -7,8 +7,8 @@ from pathlib import Path
 import conftest
 import pytest
 
-from transformers_baichuan_audio import reference_fixtures
-from transformers_baichuan_audio.reference_fixtures import FIXTURE_ENV, default_fixture_dir
+from transformers_baichuan_audio.parity import fixture as reference_fixtures
+from transformers_baichuan_audio.parity.fixture import FIXTURE_ENV, default_fixture_dir
 
 
 def test_lookup_prefers_the_environment_variable(monkeypatch, tmp_path):

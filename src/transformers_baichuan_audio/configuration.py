@@ -622,6 +622,18 @@ class BaichuanAudioConfig(PreTrainedConfig):
     def get_text_config(self, *args, **kwargs):
         return self.text_config
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As :meth:`PreTrainedConfig.from_dict`; an ORIGINAL checkpoint's config (``model_type`` ``"omni"``) is
+        refused with the way to load it (it needs its weights converted, not just its config)."""
+        if config_dict.get("model_type") == "omni":
+            raise ValueError(
+                "this is an ORIGINAL Baichuan-Audio checkpoint (model_type 'omni'): convert it once with "
+                "`baichuan-audio convert SRC DST --vocoder hift.pt`, or load it converted in memory with "
+                "`transformers_baichuan_audio.load_original_model(path, vocoder=...)`"
+            )
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def codebook_sizes(self) -> list[int]:
         return list(self.audio_tokenizer_config.codebook_sizes)

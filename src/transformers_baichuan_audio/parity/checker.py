@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .reference_fixtures import ReferenceFixture
+from .fixture import ReferenceFixture
 
 # Tolerances (max abs error, fp32). The fixture README measured ~1e-6 roundoff between equivalent fp32 runs of the
 # original itself (thread count, allocation history); 1e-5 / 1e-4 leave one to two orders of margin for features /
@@ -107,7 +107,7 @@ class ParityContext:
     @property
     def model(self):
         if self._model is None:
-            from .conversion.convert import load_original_model
+            from ..conversion.convert import load_original_model
 
             self.fixture.tokenizer_dir()  # makes the tokenizer files available next to the checkpoint
             self._model = load_original_model(
@@ -132,7 +132,7 @@ class ParityContext:
 
     # ----------------------------------------------------------------------------------------------- stages
     def features(self) -> tuple[float, str]:
-        from .processing.feature_extraction import BaichuanAudioFeatureExtractor
+        from ..processing.feature_extraction import BaichuanAudioFeatureExtractor
 
         exp = self.fixture.expected("frontend")
         fe = BaichuanAudioFeatureExtractor.from_tokenizer_config(self.config.audio_tokenizer_config)
@@ -152,7 +152,7 @@ class ParityContext:
         return worst, ",".join(done)
 
     def resample(self) -> tuple[float, str]:
-        from .processing.feature_extraction import resample
+        from ..processing.feature_extraction import resample
 
         exp = self.fixture.expected("frontend")
         if "resample.input" not in exp:
@@ -263,7 +263,7 @@ class ParityContext:
         return {k: (v, label) for k, v in errs.items()}
 
     def vocoder(self) -> tuple[float, str]:
-        from .modeling.vocoder import NSFSourceDraws
+        from ..modeling.vocoder import NSFSourceDraws
 
         exp = self.fixture.expected("vocoder")
         c2w, worst, cases = self.model.code2wav, 0.0, _cases(exp, "mel_in")
@@ -292,7 +292,7 @@ class ParityContext:
 
     def _encode_clip(self, name: str) -> torch.Tensor:
         wav, sr = self.fixture.input_wav(name)
-        from .audio_encoding import encode_audio
+        from ..audio_encoding import encode_audio
 
         return encode_audio(self.model.model.audio_tokenizer, wav, sr)[0]
 

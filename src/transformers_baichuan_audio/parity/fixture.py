@@ -147,7 +147,7 @@ SHARED_FIXTURE = Path("shared") / "fixtures" / "reference" / "tiny-a"
 
 def checkout_fixture_dir() -> Path:
     """``<checkout>/../shared/fixtures/reference/tiny-a`` for this source checkout (``<checkout>/src/<package>``)."""
-    return Path(__file__).resolve().parents[2].parent / SHARED_FIXTURE
+    return Path(__file__).resolve().parents[3].parent / SHARED_FIXTURE
 
 
 def default_fixture_dir() -> Path | None:
