@@ -10,18 +10,22 @@ from __future__ import annotations
 import json
 import math
 import re
+from typing import is_typeddict
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from transformers import AutoProcessor, AutoTokenizer
+from transformers.processing_utils import AudioKwargs, ProcessingKwargs, TextKwargs
 
 from transformers_baichuan_audio.audio_codes import fill_audio_codes
 from transformers_baichuan_audio.configuration import register_configs
 from transformers_baichuan_audio.processing.feature_extraction import BaichuanAudioFeatureExtractor, num_audio_frames
 from transformers_baichuan_audio.processing.processor import (
+    SUPPORTED_KWARGS,
     BaichuanAudioProcessor,
+    BaichuanAudioProcessorKwargs,
     register_processor,
     save_wav,
     voice_prompt,
@@ -295,6 +299,59 @@ def test_left_and_right_padding(tiny_processor):
     assert tiny_processor(text=texts, padding="max_length", max_length=6)["input_ids"].shape == (2, 6)
     assert tiny_processor(text=texts, pad_to_multiple_of=8)["input_ids"].shape == (2, 8)
     assert torch.equal(left["input_ids"][1], right["input_ids"][1])
+
+
+def test_typed_kwargs_reach_the_tokenizer_and_the_feature_extractor(tiny_processor, monkeypatch):
+    """``__call__`` takes transformers' ``ProcessingKwargs`` (``text_kwargs`` / ``audio_kwargs``, or flat): the
+    padding kwargs reach the tokenizer's ``pad``, ``sampling_rate`` reaches the feature extractor's resampler."""
+    proc = tiny_processor
+    assert is_typeddict(BaichuanAudioProcessorKwargs)  # a ProcessingKwargs (TypedDicts refuse issubclass)
+    assert set(ProcessingKwargs.__annotations__) <= set(BaichuanAudioProcessorKwargs.__annotations__)
+    assert BaichuanAudioProcessorKwargs.__annotations__["text_kwargs"] is TextKwargs
+    assert proc.valid_processor_kwargs is BaichuanAudioProcessorKwargs
+    typed = {"text_kwargs": TextKwargs, "audio_kwargs": AudioKwargs}
+    assert all(set(keys) <= set(typed[name].__annotations__) for name, keys in SUPPORTED_KWARGS.items())
+
+    pad_calls, rates = [], []
+    pad, prepare = proc.tokenizer.pad, proc.feature_extractor.prepare_waveform
+    monkeypatch.setattr(proc.tokenizer, "pad", lambda *a, **k: (pad_calls.append(k), pad(*a, **k))[1])
+    monkeypatch.setattr(
+        proc.feature_extractor, "prepare_waveform", lambda wav, rate: (rates.append(rate), prepare(wav, rate))[1]
+    )
+    texts = ["a", "abcd"]
+    nested = proc(text=texts, text_kwargs={"padding_side": "right", "padding": "max_length", "max_length": 6})
+    assert pad_calls[-1]["padding_side"] == "right" and pad_calls[-1]["padding"] == "max_length"
+    assert pad_calls[-1]["max_length"] == 6 and nested["input_ids"].shape == (2, 6)
+    flat = proc(text=texts, padding_side="right", padding="max_length", max_length=6)
+    assert torch.equal(flat["input_ids"], nested["input_ids"]) and nested["attention_mask"][0].tolist()[1] == 0
+    assert pad_calls[-1]["padding_side"] == "right"
+    default = proc(text=texts)
+    assert pad_calls[-1]["padding_side"] == "left" and default["attention_mask"][0].tolist()[0] == 0
+    assert isinstance(proc(text=texts, text_kwargs={"return_tensors": None})["input_ids"], list)
+
+    wave = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1  # 1 s at 8 kHz
+    at_8k = proc(text=proc.asr_prompt(), audio=[wave], audio_kwargs={"sampling_rate": 8000})
+    assert rates[0] == 8000  # the clip is resampled from 8 kHz (then featurised at 16 kHz)
+    rates.clear()
+    assert torch.equal(at_8k["input_features"], proc.asr(wave, sampling_rate=8000)["input_features"])
+    rates.clear()
+    at_16k = proc(text=proc.asr_prompt(), audio=[wave])
+    assert rates[0] == 16000 and at_16k["input_features"].shape[-1] < at_8k["input_features"].shape[-1]
+    # apply_chat_template forwards processor_kwargs' audio_kwargs to the arrays of the conversation
+    conv = [{"role": "user", "content": [{"type": "audio", "audio": wave}]}]
+    chat = proc.apply_chat_template(
+        conv, tokenize=True, return_dict=True, processor_kwargs={"audio_kwargs": {"sampling_rate": 8000}}
+    )
+    assert torch.equal(chat["input_features"], at_8k["input_features"])
+
+    # unknown keys, and typed keys this processor does not honour, are refused by name
+    for bad in ({"bogus": 1}, {"text_kwargs": {"bogus": 1}}, {"truncation": True}, {"audio_kwargs": {"padding": 1}}):
+        with pytest.raises(TypeError, match=r"unexpected arguments \[.*(bogus|truncation|padding).*takes"):
+            proc(text=texts, **bad)
+    with pytest.raises(ValueError, match="given twice"):
+        proc(text=texts, padding_side="left", text_kwargs={"padding_side": "right"})
+    with pytest.raises(ValueError, match="text and audio only"):
+        proc(text=texts, images_kwargs={"size": 3})
 
 
 def test_codes_only_and_placeholder_errors(tiny_processor):

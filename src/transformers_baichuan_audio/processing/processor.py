@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 
 from .audio_io import (  # re-exported: files in / out and the shared audio content part
     InvalidAudioError,
@@ -155,6 +155,41 @@ def voice_prompt(voice: str = DEFAULT_VOICE) -> str:
     return VOICE_PROMPT.format(voice=voice)
 
 
+class BaichuanAudioProcessorKwargs(ProcessingKwargs, total=False):
+    """Keyword arguments of :meth:`BaichuanAudioProcessor.__call__` (transformers' ``ProcessingKwargs``).
+
+    Given per modality (``text_kwargs={"padding_side": "right"}``, ``audio_kwargs={"sampling_rate": 8000}``) or
+    flat (``padding_side="right"``, ``sampling_rate=8000``; a flat key goes to the modality that honours it, and a
+    key given both ways with different values is an error). Honoured:
+
+    * text: ``padding``, ``padding_side``, ``max_length``, ``pad_to_multiple_of`` (passed to the tokenizer's
+      ``pad``), ``return_tensors``, ``return_offsets_mapping``; defaults: :attr:`BaichuanAudioProcessor.text_kwargs`.
+    * audio: ``sampling_rate`` (rate of array waveforms; the feature extractor resamples them).
+    * accepted and ignored (``apply_chat_template`` passes them): ``add_special_tokens`` (the prompt format has no
+      BOS/EOS), ``sanitize_control_tokens`` (the processor escapes control tokens itself),
+      ``return_text_replacement_offsets`` (offsets already point into the unexpanded text).
+
+    Every other key, including the ``TextKwargs`` / ``AudioKwargs`` keys listed nowhere above (e.g. ``truncation``,
+    which would cut audio blocks), raises ``TypeError``.
+    """
+
+
+#: The keys of each modality's kwargs that :meth:`BaichuanAudioProcessor.__call__` honours (all named in
+#: transformers' ``TextKwargs`` / ``AudioKwargs``), and the ones it accepts and ignores.
+SUPPORTED_KWARGS: dict[str, tuple[str, ...]] = {
+    "text_kwargs": (
+        "padding",
+        "padding_side",
+        "max_length",
+        "pad_to_multiple_of",
+        "return_tensors",
+        "return_offsets_mapping",
+    ),
+    "audio_kwargs": ("sampling_rate",),
+}
+IGNORED_KWARGS = ("add_special_tokens", "sanitize_control_tokens", "return_text_replacement_offsets")
+
+
 class BaichuanAudioProcessor(ProcessorMixin):
     r"""Processor of Baichuan-Audio: the feature extractor (16 kHz speech -> log-mel pieces) and the Qwen2 tokenizer
     with the Baichuan special tokens, plus the chat template of the released speech-chat demo.
@@ -167,6 +202,11 @@ class BaichuanAudioProcessor(ProcessorMixin):
         tokenizer ([`Qwen2Tokenizer`]): tokenizer that knows the Baichuan special tokens.
         chat_template (`str`, *optional*): Jinja template; defaults to the packaged ``chat_template.jinja``.
     """
+
+    valid_processor_kwargs = BaichuanAudioProcessorKwargs
+    #: Defaults of the text kwargs (transformers' processor-level defaults): left padding for generation, tensors.
+    text_kwargs = {"padding": True, "padding_side": "left", "return_tensors": "pt", "return_offsets_mapping": False}
+    audio_kwargs = {"sampling_rate": None}  # None: the feature extractor's rate
 
     def __init__(self, feature_extractor=None, tokenizer=None, chat_template=None):
         if chat_template is None:
@@ -225,7 +265,9 @@ class BaichuanAudioProcessor(ProcessorMixin):
     def asr(self, audio, sampling_rate: int | None = None, **kwargs) -> BatchFeature:
         """Model inputs for base-model ASR of one waveform or a list of them (one prompt each)."""
         clips = audio if isinstance(audio, (list, tuple)) else [audio]
-        return self(text=[self.asr_prompt()] * len(clips), audio=list(clips), sampling_rate=sampling_rate, **kwargs)
+        if sampling_rate is not None:
+            kwargs["sampling_rate"] = sampling_rate
+        return self(text=[self.asr_prompt()] * len(clips), audio=list(clips), **kwargs)
 
     def tts(self, text: str | Sequence[str], **kwargs) -> BatchFeature:
         """Model inputs for base-model TTS of one text chunk or a batch of chunks (chunk a long text like the demo with
@@ -266,9 +308,17 @@ class BaichuanAudioProcessor(ProcessorMixin):
             # "sampling_rate" or the given sampling_rate), so the processor call below gets the model rate
             fe_rate = int(getattr(self.feature_extractor, "sampling_rate", INPUT_SAMPLING_RATE))
             processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
-            array_rate = kwargs.pop("sampling_rate", None) or processor_kwargs.get("sampling_rate") or fe_rate
+            audio_kwargs = dict(processor_kwargs.pop("audio_kwargs", None) or {})
+            array_rate = (
+                kwargs.pop("sampling_rate", None)
+                or processor_kwargs.get("sampling_rate")
+                or audio_kwargs.pop("sampling_rate", None)
+                or fe_rate
+            )
             array_rate = check_sampling_rate(array_rate, "sampling_rate")
             processor_kwargs["sampling_rate"] = fe_rate
+            if audio_kwargs:
+                processor_kwargs["audio_kwargs"] = audio_kwargs
             kwargs["processor_kwargs"] = processor_kwargs
             is_batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
             conversations = [
@@ -325,16 +375,10 @@ class BaichuanAudioProcessor(ProcessorMixin):
         text: str | Sequence[str] | None = None,
         audio=None,
         audio_codes=None,
-        sampling_rate: int | None = None,
-        padding: bool | str = True,
-        padding_side: str = "left",
-        max_length: int | None = None,
-        pad_to_multiple_of: int | None = None,
-        return_tensors: str | None = "pt",
-        return_offsets_mapping: bool = False,
+        *,
         images=None,
         videos=None,
-        **kwargs,
+        **kwargs: Unpack[BaichuanAudioProcessorKwargs],
     ) -> BatchFeature:
         """Tokenize texts with audio placeholders, expand them and extract the audio features.
 
@@ -343,26 +387,31 @@ class BaichuanAudioProcessor(ProcessorMixin):
             audio: waveforms (1-D arrays/tensors at ``sampling_rate``, ``{"array", "sampling_rate"}`` dicts, or file
                 paths/URLs), one per audio placeholder, in text order over the whole batch.
             audio_codes: ``(N_i, num_codebooks)`` integer arrays, one per ``<audiogen_start>`` placeholder.
-            sampling_rate: rate of the array waveforms (default: the feature extractor's, 16 kHz); other rates are
-                resampled by the feature extractor (the original's sinc resampler).
-            padding / padding_side / max_length / pad_to_multiple_of: batch padding (``padding_side="left"`` for
-                generation, ``"right"`` for training). There is no truncation (it would cut audio blocks).
-            return_tensors: ``"pt"`` (default) or ``None`` (python lists for ids and mask).
-            return_offsets_mapping: also return ``offset_mapping`` (per token ``(start, end)`` characters of the
-                text; every token of an audio block spans the whole placeholder block; padding ``(0, 0)``). Used by
-                ``apply_chat_template(..., return_assistant_tokens_mask=True)``.
+            **kwargs: :class:`BaichuanAudioProcessorKwargs`, flat or as ``text_kwargs`` / ``audio_kwargs``:
+
+                * ``sampling_rate``: rate of the array waveforms (default: the feature extractor's, 16 kHz); other
+                  rates are resampled by the feature extractor (the original's sinc resampler).
+                * ``padding`` / ``padding_side`` / ``max_length`` / ``pad_to_multiple_of``: batch padding
+                  (``padding_side="left"`` by default, for generation; ``"right"`` for training). There is no
+                  truncation (it would cut audio blocks).
+                * ``return_tensors``: ``"pt"`` (default) or ``None`` (python lists for ids and mask).
+                * ``return_offsets_mapping``: also return ``offset_mapping`` (per token ``(start, end)`` characters
+                  of the text; every token of an audio block spans the whole placeholder block; padding
+                  ``(0, 0)``). Used by ``apply_chat_template(..., return_assistant_tokens_mask=True)``.
+
+                Any other key raises ``TypeError``.
         """
         if images is not None or videos is not None:
             raise ValueError("Baichuan-Audio takes text and audio only")
-        for key in ("add_special_tokens", "sanitize_control_tokens", "return_text_replacement_offsets", "audio_kwargs"):
-            kwargs.pop(key, None)
-        if kwargs:
-            raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        text_kwargs, audio_kwargs = self.merge_call_kwargs(kwargs)
+        padding_side = text_kwargs["padding_side"]
+        return_tensors = text_kwargs["return_tensors"]
         if text is None:
             raise ValueError("text is required (use asr_prompt()/tts_prompt() or apply_chat_template)")
         texts = [text] if isinstance(text, str) else list(text)
         fe_rate = int(getattr(self.feature_extractor, "sampling_rate", INPUT_SAMPLING_RATE))
-        waves = self._waveform_iter(audio, check_sampling_rate(sampling_rate or fe_rate, "sampling_rate"))
+        sampling_rate = check_sampling_rate(audio_kwargs["sampling_rate"] or fe_rate, "sampling_rate")
+        waves = self._waveform_iter(audio, sampling_rate)
         codes_iter = iter([self._as_codes(c) for c in audio_codes]) if audio_codes is not None else None
 
         parsed, clips = self._parse(texts, waves, codes_iter)
@@ -375,16 +424,16 @@ class BaichuanAudioProcessor(ProcessorMixin):
 
         padded = self.tokenizer.pad(
             {"input_ids": all_ids},
-            padding=padding,
+            padding=text_kwargs["padding"],
             padding_side=padding_side,
-            max_length=max_length,
-            pad_to_multiple_of=pad_to_multiple_of,
+            max_length=text_kwargs.get("max_length"),
+            pad_to_multiple_of=text_kwargs.get("pad_to_multiple_of"),
             return_attention_mask=True,
             return_tensors=return_tensors,
         )
         data["input_ids"] = padded["input_ids"]
         data["attention_mask"] = padded["attention_mask"]
-        if return_offsets_mapping:
+        if text_kwargs["return_offsets_mapping"]:
             width = len(padded["input_ids"][0])
             pad = [[(0, 0)] * (width - len(o)) for o in all_offsets]
             data["offset_mapping"] = [
@@ -398,6 +447,43 @@ class BaichuanAudioProcessor(ProcessorMixin):
             rows = [r if isinstance(r, torch.Tensor) else torch.full((r, num_codebooks), -1) for r in code_rows]
             data["audio_codes"] = torch.cat(rows, dim=0).long()
         return BatchFeature(data=data)
+
+    def merge_call_kwargs(self, kwargs: dict) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(text_kwargs, audio_kwargs)`` of a :meth:`__call__`: the processor's defaults (:attr:`text_kwargs`,
+        :attr:`audio_kwargs`), updated by the ``text_kwargs`` / ``audio_kwargs`` dicts, updated by the flat keys
+        (each goes to the modality that honours it). ``TypeError`` for a key this processor does not honour
+        (see :class:`BaichuanAudioProcessorKwargs`), ``ValueError`` for a key given flat and nested with different
+        values. Merged here on the public pieces (the typed dicts and the processor's defaults), not with
+        transformers' underscore-named merge."""
+        kwargs = dict(kwargs)
+        merged = {name: dict(getattr(self, name)) for name in SUPPORTED_KWARGS}
+        unknown: list[str] = []
+        for name in ("images_kwargs", "videos_kwargs"):
+            if kwargs.pop(name, None):
+                raise ValueError("Baichuan-Audio takes text and audio only")
+        for name, supported in SUPPORTED_KWARGS.items():
+            nested = kwargs.pop(name, None) or {}
+            for key, value in nested.items():
+                if key in IGNORED_KWARGS:
+                    continue
+                if key not in supported:
+                    unknown.append(f"{name}[{key!r}]")
+                elif key in kwargs and kwargs[key] is not value and kwargs[key] != value:
+                    raise ValueError(f"{key!r} was given twice, in {name} and as a keyword argument")
+                merged[name][key] = value
+        for key, value in kwargs.items():
+            name = next((n for n, supported in SUPPORTED_KWARGS.items() if key in supported), None)
+            if name is not None:
+                merged[name][key] = value
+            elif key not in IGNORED_KWARGS:
+                unknown.append(repr(key))
+        if unknown:
+            honoured = sorted(k for keys in SUPPORTED_KWARGS.values() for k in keys)
+            raise TypeError(
+                f"unexpected arguments [{', '.join(sorted(unknown))}]: {type(self).__name__} takes {honoured} "
+                "(flat, or in text_kwargs / audio_kwargs)"
+            )
+        return merged["text_kwargs"], merged["audio_kwargs"]
 
     def _parse(self, texts: list[str], waves: Iterator, codes_iter: Iterator | None) -> tuple[list[list], list]:
         """Split each text into text pieces ``("text", str, start)`` and audio blocks ``("block", is_gen, source,
@@ -672,6 +758,7 @@ def register_processor() -> None:
 
 __all__ = [
     "BaichuanAudioProcessor",
+    "BaichuanAudioProcessorKwargs",
     "SPECIAL_TOKENS",
     "DEFAULT_VOICE",
     "ASR_PROMPT",
