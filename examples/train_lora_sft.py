@@ -18,40 +18,55 @@ Examples::
     # merge the adapter into the base weights afterwards
     python examples/train_lora_sft.py --model ./baichuan-audio-hf --merge_adapter out --merged_output_dir merged
 
-Arguments: ``--model`` (path or ``tiny-random``), ``--dataset`` (JSON lines / pre-computed shards dir / saved
-dataset), ``--output_dir``, ``--lora_r`` (16), ``--lora_alpha`` (32), ``--lora_dropout`` (0.05), ``--no_train_audio_head``,
-``--train_audio_embed``, ``--learning_rate`` (2e-4), ``--batch_size`` (per device, 4), ``--grad_accum`` (1),
-``--num_train_epochs`` (1), ``--max_steps`` (-1), ``--bf16``, ``--gradient_checkpointing``, ``--use_cpu``,
-``--logging_steps`` (10), ``--save_steps`` (500), ``--merge_adapter DIR`` + ``--merged_output_dir DIR`` (merge mode).
+Arguments (``transformers.HfArgumentParser``): ``--model`` (path or ``tiny-random``), ``--dataset`` (JSON lines /
+pre-computed shards dir / saved dataset), ``--lora_r`` (16), ``--lora_alpha`` (32), ``--lora_dropout`` (0.05),
+``--no_train_audio_head``, ``--train_audio_embed``, ``--merge_adapter DIR`` + ``--merged_output_dir DIR`` (merge
+mode), and every TRL ``SFTConfig`` field as ``--name`` (``BaichuanAudioSFTConfig``), e.g. ``--output_dir``, ``--learning_rate`` (2e-4 here),
+``--per_device_train_batch_size`` or ``--batch_size`` (4 here), ``--gradient_accumulation_steps`` or ``--grad_accum``
+(1), ``--num_train_epochs`` (1), ``--max_steps`` (-1), ``--bf16`` (off here), ``--gradient_checkpointing`` (off here),
+``--use_cpu``, ``--logging_steps`` (10), ``--save_steps`` (500), ``--seed`` (0 here); ``--help`` lists them all.
 """
 
-from __future__ import annotations
-
-import argparse
+from dataclasses import dataclass, field
 
 from transformers_baichuan_audio.loading import load_model_and_processor
 from transformers_baichuan_audio.training import BaichuanAudioCollator, lora_sft_config
-from transformers_baichuan_audio.training.loading import add_training_arguments, load_rows, training_arguments_kwargs
+from transformers_baichuan_audio.training.loading import load_rows, training_argument_parser
 from transformers_baichuan_audio.training.recipes import load_lora
+from transformers_baichuan_audio.training.trainer import BaichuanAudioSFTConfig, BaichuanAudioSFTTrainer
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_training_arguments(p, learning_rate=2e-4, save_steps=500)
-    p.add_argument("--dataset")
-    p.add_argument("--lora_r", type=int, default=16)
-    p.add_argument("--lora_alpha", type=int, default=32)
-    p.add_argument("--lora_dropout", type=float, default=0.05)
-    p.add_argument("--no_train_audio_head", action="store_true")
-    p.add_argument("--train_audio_embed", action="store_true")
-    p.add_argument("--merge_adapter", help="merge mode: adapter directory to merge into --model")
-    p.add_argument("--merged_output_dir")
-    return p.parse_args(argv)
+@dataclass
+class LoraArguments:
+    model: str = field(metadata={"help": "a converted checkpoint directory, or tiny-random"})
+    dataset: str | None = field(default=None, metadata={"help": "JSON lines, pre-computed shards dir or saved dataset"})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    no_train_audio_head: bool = False
+    train_audio_embed: bool = False
+    merge_adapter: str | None = field(
+        default=None, metadata={"help": "merge mode: adapter directory to merge into --model"}
+    )
+    merged_output_dir: str | None = None
+
+
+def parse_args(argv=None) -> tuple[LoraArguments, BaichuanAudioSFTConfig]:
+    parser = training_argument_parser(
+        LoraArguments,
+        BaichuanAudioSFTConfig,
+        learning_rate=2e-4,
+        save_steps=500,
+        # our collator renders, masks and pads: TRL must not tokenize the rows
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+    )
+    return parser.parse_args_into_dataclasses(argv)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    dtype = "bfloat16" if args.bf16 else "float32"
+    args, sft_args = parse_args(argv)
+    dtype = "bfloat16" if sft_args.bf16 else "float32"
     model, processor = load_model_and_processor(args.model, device="cpu", dtype=dtype, training=True)
     if args.merge_adapter:
         merged = load_lora(model, args.merge_adapter, merge=True)
@@ -59,17 +74,7 @@ def main(argv=None):
         processor.save_pretrained(args.merged_output_dir)
         return merged
 
-    from trl import SFTConfig
-
-    from transformers_baichuan_audio.training.trainer import BaichuanAudioSFTTrainer
-
     config = model.config
-    sft_args = SFTConfig(
-        **training_arguments_kwargs(args),
-        # our collator renders, masks and pads: TRL must not tokenize the rows
-        dataset_kwargs={"skip_prepare_dataset": True},
-        max_length=None,
-    )
     trainer = BaichuanAudioSFTTrainer(  # SFTTrainer with the model's text + audio loss
         model=model,
         args=sft_args,
@@ -86,7 +91,7 @@ def main(argv=None):
         ),
     )
     trainer.train()
-    trainer.save_model(args.output_dir)  # the adapter + the saved modules (audio head ...)
+    trainer.save_model(sft_args.output_dir)  # the adapter + the saved modules (audio head ...)
     return trainer
 
 

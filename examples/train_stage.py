@@ -13,14 +13,15 @@ Examples::
     accelerate launch --config_file examples/accelerate/fsdp.yaml examples/train_stage.py --stage 2 \
         --model s1 --dataset codes/ --output_dir s2 --bf16 --gradient_checkpointing
 
-Arguments: ``--stage`` (1 | 2), ``--model``, ``--dataset``, ``--output_dir``, ``--learning_rate`` (1e-4),
-``--batch_size`` (4), ``--grad_accum`` (1), ``--num_train_epochs`` (1), ``--max_steps`` (-1), ``--bf16``,
-``--gradient_checkpointing``, ``--use_cpu``, ``--logging_steps`` (10), ``--save_steps`` (1000), ``--seed`` (0).
+Arguments (``transformers.HfArgumentParser``): ``--stage`` (1 | 2), ``--model``, ``--dataset``, and every
+``TrainingArguments`` field as ``--name``, e.g. ``--output_dir``, ``--learning_rate`` (1e-4 here),
+``--per_device_train_batch_size`` or ``--batch_size`` (4 here), ``--gradient_accumulation_steps`` or ``--grad_accum``
+(1), ``--num_train_epochs`` (1), ``--max_steps`` (-1), ``--bf16``, ``--gradient_checkpointing``, ``--use_cpu``,
+``--logging_steps`` (10 here), ``--save_steps`` (1000 here), ``--seed`` (0 here); ``--help`` lists them all.
 """
 
-from __future__ import annotations
-
-import argparse
+from dataclasses import dataclass, field
+from typing import Literal
 
 from transformers import Trainer, TrainingArguments
 
@@ -28,23 +29,26 @@ from transformers_baichuan_audio.loading import load_model_and_processor
 from transformers_baichuan_audio.training import BaichuanAudioCollator, apply_stage, loading
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
-    parser.add_argument("--dataset", required=True)
-    loading.add_training_arguments(parser, learning_rate=1e-4, save_steps=1000)
-    return parser.parse_args(argv)
+@dataclass
+class StageArguments:
+    stage: Literal[1, 2] = field(metadata={"help": "1: audio embeddings + audio head; 2: all but text embed / LM head"})
+    model: str = field(metadata={"help": "a converted checkpoint directory, or tiny-random"})
+    dataset: str = field(metadata={"help": "JSON lines, a pre-computed shards directory or a saved dataset"})
+
+
+def parse_args(argv=None) -> tuple[StageArguments, TrainingArguments]:
+    parser = loading.training_argument_parser(StageArguments, TrainingArguments, learning_rate=1e-4, save_steps=1000)
+    return parser.parse_args_into_dataclasses(argv)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    dtype = "bfloat16" if args.bf16 else "float32"
+    args, training_args = parse_args(argv)
+    dtype = "bfloat16" if training_args.bf16 else "float32"
     model, processor = load_model_and_processor(args.model, device="cpu", dtype=dtype, training=True)
     trainable = apply_stage(model, args.stage)
     print(f"stage {args.stage}: {len(trainable)} trainable tensors")
-    if args.gradient_checkpointing:
+    if training_args.gradient_checkpointing:
         model.enable_input_require_grads()  # the frozen text embedding must still pass gradients
-    training_args = TrainingArguments(**loading.training_arguments_kwargs(args))
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -52,8 +56,8 @@ def main(argv=None):
         data_collator=BaichuanAudioCollator(processor, model.config.codebook_sizes),
     )
     trainer.train()
-    trainer.save_model(args.output_dir)
-    processor.save_pretrained(args.output_dir)
+    trainer.save_model(training_args.output_dir)
+    processor.save_pretrained(training_args.output_dir)
     return trainer
 
 

@@ -1,5 +1,6 @@
-"""Loading helpers shared by the training example scripts: a dataset of rows (the model and processor come from
-:func:`transformers_baichuan_audio.loading.load_model_and_processor`, ``training=True``)."""
+"""Helpers shared by the training example scripts: a dataset of rows and the ``HfArgumentParser`` of their arguments
+(the model and processor come from :func:`transformers_baichuan_audio.loading.load_model_and_processor`,
+``training=True``)."""
 
 from __future__ import annotations
 
@@ -23,42 +24,36 @@ def load_rows(path: str):
     return Dataset.from_list(json.loads(p.read_text()))
 
 
-def add_training_arguments(parser, learning_rate: float, save_steps: int) -> None:
-    """The command-line arguments shared by the training examples (see their docstrings)."""
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--output_dir", default="baichuan-audio-training")
-    parser.add_argument("--learning_rate", type=float, default=learning_rate)
-    parser.add_argument("--batch_size", type=int, default=4, help="per device")
-    parser.add_argument("--grad_accum", type=int, default=1)
-    parser.add_argument("--num_train_epochs", type=float, default=1.0)
-    parser.add_argument("--max_steps", type=int, default=-1)
-    parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--gradient_checkpointing", action="store_true")
-    parser.add_argument("--use_cpu", action="store_true")
-    parser.add_argument("--logging_steps", type=int, default=10)
-    parser.add_argument("--save_steps", type=int, default=save_steps)
-    parser.add_argument("--seed", type=int, default=0)
+#: This project's defaults for the training examples' ``TrainingArguments`` / ``SFTConfig`` fields (where they differ
+#: from transformers' / TRL's): the collator needs the raw rows (``remove_unused_columns=False``); no activation
+#: checkpointing unless asked (``SFTConfig`` defaults it to on; ``gradient_checkpointing=None`` leaves
+#: ``activation_checkpointing`` off without the deprecation warning of an explicit ``False``).
+TRAINING_DEFAULTS = {
+    "output_dir": "baichuan-audio-training",
+    "per_device_train_batch_size": 4,
+    "logging_steps": 10,
+    "seed": 0,
+    "gradient_checkpointing": None,
+    "remove_unused_columns": False,
+}
+#: Short command-line names of two training-argument fields (the examples' own, kept as aliases).
+TRAINING_ALIASES = {"--batch_size": "per_device_train_batch_size", "--grad_accum": "gradient_accumulation_steps"}
 
 
-def training_arguments_kwargs(args) -> dict:
-    """``TrainingArguments`` / ``SFTConfig`` keyword arguments from :func:`add_training_arguments`' options (the
-    collator needs the raw rows: ``remove_unused_columns=False``)."""
-    return dict(
-        output_dir=args.output_dir,
-        learning_rate=args.learning_rate,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
-        bf16=args.bf16,
-        use_cpu=args.use_cpu,
-        gradient_checkpointing=args.gradient_checkpointing,
-        logging_steps=args.logging_steps,
-        save_steps=args.save_steps,
-        seed=args.seed,
-        remove_unused_columns=False,
-        report_to=[],
-    )
+def training_argument_parser(script_arguments, training_arguments, **defaults):
+    """``transformers.HfArgumentParser`` of a training example: the fields of its ``script_arguments`` dataclass and
+    of ``training_arguments`` (``TrainingArguments`` or TRL's ``SFTConfig``: every field is a ``--name`` option),
+    with :data:`TRAINING_DEFAULTS` updated by ``defaults`` and the aliases :data:`TRAINING_ALIASES`.
+    ``parser.parse_args_into_dataclasses(argv)`` returns ``(script_args, training_args)``."""
+    import argparse
+
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((script_arguments, training_arguments))
+    parser.set_defaults(**{**TRAINING_DEFAULTS, **defaults})
+    for flag, dest in TRAINING_ALIASES.items():
+        parser.add_argument(flag, dest=dest, type=int, default=argparse.SUPPRESS, help=f"alias of --{dest}")
+    return parser
 
 
-__all__ = ["add_training_arguments", "load_rows", "training_arguments_kwargs"]
+__all__ = ["TRAINING_ALIASES", "TRAINING_DEFAULTS", "load_rows", "training_argument_parser"]

@@ -9,8 +9,10 @@ entropy / token-accuracy metrics are not logged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from transformers import Trainer
-from trl import SFTTrainer
+from trl import SFTConfig, SFTTrainer
 
 
 class BaichuanAudioSFTTrainer(SFTTrainer):
@@ -25,4 +27,13 @@ class BaichuanAudioSFTTrainer(SFTTrainer):
         )
 
 
-__all__ = ["BaichuanAudioSFTTrainer"]
+@dataclass
+class BaichuanAudioSFTConfig(SFTConfig):
+    """TRL's ``SFTConfig`` with ``bf16`` a plain switch that is off by default, as in ``TrainingArguments`` (TRL
+    turns it on unless ``fp16``, and ``HfArgumentParser`` would then want ``--bf16 True``); importable, so that the
+    ``training_args.bin`` the trainer saves loads anywhere. Used by ``examples/train_lora_sft.py``."""
+
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (the example loads the model in bf16)"})
+
+
+__all__ = ["BaichuanAudioSFTConfig", "BaichuanAudioSFTTrainer"]
