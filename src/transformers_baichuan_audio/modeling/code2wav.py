@@ -96,9 +96,7 @@ class CausalConvTranspose1d(nn.Module):
         y = self.raw(x, continues)
         out_lengths = self.output_lengths(lengths, continues)
         if stats is not None:
-            mean, var = (v.to(y.dtype).view(-1, 1, 1) for v in stats)
-            y = (y - mean) * torch.rsqrt(var + self.norm.eps)
-            y = y * self.norm.weight[None, :, None] + self.norm.bias[None, :, None]
+            y = self.normalize(y, *stats)
         elif mode == "padded":
             y = self.norm(y)
         else:
@@ -110,6 +108,12 @@ class CausalConvTranspose1d(nn.Module):
         y = y[:, :, :total].transpose(1, 2)
         valid = torch.arange(total, device=y.device)[None, :] < out_lengths[:, None]
         return torch.where(valid[..., None], y, 0.0), out_lengths
+
+    def normalize(self, y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """GroupNorm(1) of the raw output y (B, C', T) with given per-sample statistics (B,) (and the affine)."""
+        mean, var = (v.to(y.dtype).view(-1, 1, 1) for v in (mean, var))
+        y = (y - mean) * torch.rsqrt(var + self.norm.eps)
+        return y * self.norm.weight[None, :, None] + self.norm.bias[None, :, None]
 
     def raw(self, x: torch.Tensor, continues: bool = False) -> torch.Tensor:
         """Untrimmed, un-normalised transposed conv of (B, L, C) -> (B, C', T_raw). ``continues`` appends a zero

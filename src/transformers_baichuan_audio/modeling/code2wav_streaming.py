@@ -32,6 +32,8 @@ import torch
 from torch import nn
 
 from .code2wav import BaichuanAudioCode2Wav
+from .flow_matching import euler_cfm_sample
+from .layers import StreamingCache, build_attention_mask
 from .vocoder import NSFSourceDraws
 
 
@@ -51,6 +53,9 @@ class BaichuanAudioStreamingDecoder:
         draws: NSF draws covering the phrase (phase (1, H+1, 1), noise (1, H+1, samples)); drawn when None.
         norm_stats: dconv1 GroupNorm (mean, var) (each shape (1,)) to use for every chunk; None: running statistics.
         num_steps: Euler steps.
+        incremental: True: each chunk is decoded from the causal state of the earlier ones (linear time); False:
+            each chunk re-decodes the whole prefix (the reference path, quadratic); None (default): incremental when
+            the model allows it (:meth:`supports_incremental`).
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class BaichuanAudioStreamingDecoder:
         draws: NSFSourceDraws | None = None,
         norm_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
         num_steps: int | None = None,
+        incremental: bool | None = None,
     ):
         self.model = model
         cfg = model.config
@@ -86,6 +92,25 @@ class BaichuanAudioStreamingDecoder:
         self.phase_carry = None
         self.emitted_frames = 0
         self.finished = False
+        supported = self.supports_incremental(model)
+        if incremental and not supported:
+            raise ValueError(
+                "incremental streaming needs a one-level U-Net, a prenet length ratio of 1 and a static chunk that is "
+                "a whole number of code frames; use incremental=False"
+            )
+        self.incremental = supported if incremental is None else incremental
+        self.cache = StreamingCache()
+        self.cache_before_last_chunk = self.cache
+
+    @staticmethod
+    def supports_incremental(model: BaichuanAudioCode2Wav) -> bool:
+        """Whether chunk-by-chunk decoding from carried state is exact for this model's architecture."""
+        fm, stride = model.config.flow_matching_config, model.decoder.dconv1.conv.stride[0]
+        return (
+            model.estimator.streamable
+            and fm.prenet_target_mel_length_scale_ratio == 1.0
+            and fm.static_chunk_size % stride == 0
+        )
 
     @property
     def frames_per_chunk(self) -> int:
@@ -115,6 +140,65 @@ class BaichuanAudioStreamingDecoder:
             [codes], True, self._noise(total), None, self.num_steps, self.norm_stats, continues
         )
         return mel
+
+    def _chunk_mel(self, start: int, stop: int, continues: bool, cache: StreamingCache) -> torch.Tensor:
+        """Mel (1, n_mels, T) of frames [start, stop) of the phrase (``start`` on a chunk boundary) from the causal
+        state of the frames before ``start`` in ``cache`` (which receives this chunk's state in ``cache.new``)."""
+        model, decoder, prenet = self.model, self.model.decoder, self.model.prenet
+        dconv, fm = decoder.dconv1, model.config.flow_matching_config
+        k, s = dconv.conv.kernel_size[0], dconv.conv.stride[0]
+        cache.scope = None
+        # transposed conv: frame i reaches positions [s i, s i + k): the (k - 1) // s frames before ``start``
+        lo = max(0, start - (k - 1) // s)
+        a = start * s
+        norm_end = int(dconv.normalized_lengths(torch.tensor(stop), continues))
+        out_end = int(dconv.output_lengths(torch.tensor(stop), continues))
+        raw = dconv.raw(model.dequantize(torch.cat(self.frames[lo:stop]))[None], continues)
+        raw = raw[..., a - s * lo : norm_end - s * lo]
+        if self.norm_stats is not None:
+            mean, var = self.norm_stats
+        else:  # running statistics: sums over every position so far (those of earlier chunks are final)
+            v = raw.double()
+            sums = cache.past.get("groupnorm_sums", torch.zeros(3, dtype=torch.float64, device=v.device))
+            sums = sums + torch.stack([v.sum(), v.square().sum(), torch.tensor(float(v.numel()), device=v.device)])
+            cache.new["groupnorm_sums"] = sums
+            mean = sums[0] / sums[2]
+            var = (sums[1] / sums[2] - mean.square()).clamp_min(0)
+            mean, var = mean[None], var[None]
+        y = dconv.normalize(raw, mean, var)[..., : out_end - a].transpose(1, 2)
+        hidden = (y.float() + decoder.positions(out_end)[a:out_end]).to(y.dtype)
+        mask = build_attention_mask(None, out_end - a, causal=True, device=hidden.device, past_length=a)
+        for layer in decoder.layers:
+            hidden = layer(hidden, mask, cache=cache)
+        hidden = prenet.in_mlp(decoder.layer_norm(hidden))
+        for layer in prenet.layers:
+            hidden = layer(hidden, mask, cache=cache)
+        mu = prenet.out_proj(prenet.final_norm(hidden)).transpose(1, 2).float()
+        ones = torch.ones(1, 1, mu.shape[-1], device=mu.device, dtype=mu.dtype)
+        steps = iter(range(1 << 30))
+
+        def estimator(x, mask, mu, t):  # one call per Euler step: its own conv / attention state
+            cache.scope = next(steps)
+            return model.estimator(x, mask, mu, t, cache=cache)
+
+        mel = euler_cfm_sample(
+            estimator,
+            self._noise(out_end)[..., a:out_end].to(mu.device, mu.dtype),
+            mu,
+            ones,
+            self.num_steps or fm.diffusion_steps,
+            fm.inference_cfg_rate,
+            fm.t_scheduler,
+        )
+        cache.scope = None
+        return mel
+
+    def _mel_from(self, start: int, stop: int, continues: bool, cache: StreamingCache) -> tuple[int, torch.Tensor]:
+        """(first mel position p, mel of positions [p, end) of frames [.., stop)): incremental from ``start``, or
+        the whole prefix re-decoded (reference path, p = 0)."""
+        if self.incremental:
+            return start * self.stride, self._chunk_mel(start, stop, continues, cache)
+        return 0, self._prefix_mel(stop, continues)
 
     def _draws_for(self, start: int, stop: int) -> NSFSourceDraws:
         noise = self.draws.noise
@@ -171,9 +255,12 @@ class BaichuanAudioStreamingDecoder:
         pieces = []
         while len(self.frames) * self.stride >= (self.mel_chunks_done + 1) * self.chunk:
             num = math.ceil((self.mel_chunks_done + 1) * self.chunk / self.stride)
-            mel = self._prefix_mel(num, continues=True)
+            start = self.mel_chunks_done * self.chunk // self.stride
+            cache = StreamingCache(self.cache.past)
+            p, mel = self._mel_from(start, num, True, cache)
+            self.cache_before_last_chunk, self.cache = self.cache, cache.committed()
             lo, hi = self.mel_chunks_done * self.chunk, (self.mel_chunks_done + 1) * self.chunk
-            self.mel = torch.cat([self.mel, mel[..., lo:hi]], dim=-1)
+            self.mel = torch.cat([self.mel, mel[..., lo - p : hi - p]], dim=-1)
             self.mel_chunks_done += 1
             self._advance_source(self.mel.shape[-1] - self.f0_radius)
             upto = min(self.source.shape[-1] // self.hop, self.mel.shape[-1]) - self.voc_radius
@@ -190,12 +277,17 @@ class BaichuanAudioStreamingDecoder:
             raise ValueError("no code frames were pushed: nothing to decode")
         total = int(self.model.decoder.dconv1.output_lengths(torch.tensor(len(self.frames))))
         if total != self.mel.shape[-1]:
-            mel = self._prefix_mel(len(self.frames), continues=False)
-            # Frames not yet turned into sound take the exact values. Only when the phrase ended exactly where the
-            # last chunk had assumed a continuation (its length a multiple of the chunk) were some of that chunk's
-            # frames already vocoded from the assumption.
-            keep = min(self.mel.shape[-1], self.emitted_frames) if total < self.mel.shape[-1] else self.mel.shape[-1]
-            self.mel = torch.cat([self.mel[..., :keep], mel[..., keep:total]], dim=-1)
+            # The rest of the phrase; when it ended exactly where the last chunk had assumed a continuation (its
+            # length a multiple of the chunk), that chunk again, from the state before it, as the phrase's end.
+            redo = total < self.mel.shape[-1]
+            chunks = self.mel_chunks_done - 1 if redo else self.mel_chunks_done
+            cache = StreamingCache((self.cache_before_last_chunk if redo else self.cache).past)
+            p, mel = self._mel_from(chunks * self.chunk // self.stride, len(self.frames), False, cache)
+            # Frames not yet turned into sound take the exact values. Only in the boundary case were some of the
+            # last chunk's frames already vocoded from the assumption. (Incremental: frames before p are kept.)
+            keep = min(self.mel.shape[-1], self.emitted_frames) if redo else self.mel.shape[-1]
+            keep = max(keep, p)
+            self.mel = torch.cat([self.mel[..., :keep], mel[..., keep - p : total - p]], dim=-1)
             self._rewind_source(min(keep, self.source.shape[-1] // self.hop))
         self._advance_source(total)
         return self._emit(total)

@@ -11,8 +11,12 @@ remote code, itself CosyVoice/Matcha derived), re-written in plain torch:
   place of the down/up samplers at the last level;
 * sampler: ``t`` on a cosine grid, Euler steps, classifier-free guidance ``v = (1 + r) v(x, mu) - r v(x, 0)``.
 
-Every convolution of the U-Net is causal and its attention is chunk-causal, so frames of chunk ``c`` depend only on
-inputs of chunks ``<= c`` (what the streaming decoder relies on).
+With one U-Net level (the released model and the tiny config) every convolution of the U-Net is causal and its
+attention is chunk-causal, so frames of chunk ``c`` depend only on inputs of chunks ``<= c`` (what the streaming
+decoder relies on; inner levels would add a non-causal stride-2 conv and chunks of ``2 * static_chunk_size``
+frames). The prenet layers and the U-Net modules take an optional :class:`~.layers.StreamingCache`: the input is
+then one chunk (an aligned ``static_chunk_size`` chunk for the U-Net) and the causal state of the earlier chunks
+(conv left context, attention keys / values) comes from the cache (:attr:`BaichuanAudioFlowEstimator.streamable`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .layers import BaichuanRMSNorm, BaichuanWhisperLayer, build_attention_mask, eager_attention_forward
+from .layers import (
+    BaichuanRMSNorm,
+    BaichuanWhisperLayer,
+    StreamingCache,
+    build_attention_mask,
+    eager_attention_forward,
+)
 
 # ----------------------------------------------------------------------------------------------------------- prenet
 
@@ -99,7 +109,10 @@ class CausalConv1d(nn.Conv1d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
         super().__init__(in_channels, out_channels, kernel_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: StreamingCache | None = None) -> torch.Tensor:
+        """``cache``: the left context is the end of the previous chunk's input instead of zeros."""
+        if cache is not None:
+            return super().forward(cache.left_context(self, x, self.kernel_size[0] - 1))
         return super().forward(F.pad(x, (self.kernel_size[0] - 1, 0)))
 
 
@@ -111,8 +124,8 @@ class CausalBlock1D(nn.Module):
         self.conv = CausalConv1d(dim, dim_out, 3)
         self.norm = nn.LayerNorm(dim_out)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.conv(x * mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: StreamingCache | None = None) -> torch.Tensor:
+        h = self.conv(x * mask, cache)
         h = self.norm(h.transpose(1, 2)).transpose(1, 2)
         return F.mish(h) * mask
 
@@ -127,10 +140,12 @@ class CausalResnetBlock1D(nn.Module):
         self.time_proj = nn.Linear(time_emb_dim, dim_out)
         self.res_conv = nn.Conv1d(dim, dim_out, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
-        h = self.block1(x, mask)
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor, cache: StreamingCache | None = None
+    ) -> torch.Tensor:
+        h = self.block1(x, mask, cache)
         h = h + self.time_proj(F.mish(time_emb)).unsqueeze(-1)
-        h = self.block2(h, mask)
+        h = self.block2(h, mask, cache)
         return h + self.res_conv(x * mask)
 
 
@@ -151,12 +166,20 @@ class BaichuanAudioUNetAttention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.Linear(inner, dim)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: StreamingCache | None = None,
+        **kwargs,
+    ):
         bsz, seq_len, _ = hidden_states.shape
         shape = (bsz, seq_len, self.num_heads, self.head_dim)
         query, key, value = (
             proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v)
         )
+        if cache is not None:
+            key, value = cache.keys_values(self, key, value)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -221,8 +244,13 @@ class BaichuanAudioUNetTransformerBlock(GradientCheckpointingLayer):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = BaichuanAudioUNetFeedForward(dim, fm.act_fn)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        hidden_states = hidden_states + self.attn(self.norm1(hidden_states), attention_mask)
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: StreamingCache | None = None,
+    ) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.norm1(hidden_states), attention_mask, cache)
         return hidden_states + self.ff(self.norm3(hidden_states))
 
 
@@ -237,13 +265,26 @@ class BaichuanAudioUNetStage(nn.Module):
         )
         self.sampler = sampler
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor, chunk_size: int) -> torch.Tensor:
-        x = self.resnet(x, mask, time_emb)
-        attn_mask = build_attention_mask(mask[:, 0].bool(), x.shape[-1], chunk_size=chunk_size)
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        time_emb: torch.Tensor,
+        chunk_size: int,
+        cache: StreamingCache | None = None,
+    ) -> torch.Tensor:
+        """``cache``: x is one aligned attention chunk; it sees all of itself and every earlier chunk (no mask)."""
+        x = self.resnet(x, mask, time_emb, cache)
+        attn_mask = None
+        if cache is None:
+            attn_mask = build_attention_mask(mask[:, 0].bool(), x.shape[-1], chunk_size=chunk_size)
         h = x.transpose(1, 2)
         for block in self.transformer_blocks:
-            h = block(h, attn_mask)
+            h = block(h, attn_mask, cache)
         return h.transpose(1, 2)
+
+    def resample(self, x: torch.Tensor, cache: StreamingCache | None = None) -> torch.Tensor:
+        return self.sampler(x) if cache is None else self.sampler(x, cache)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
@@ -306,8 +347,27 @@ class BaichuanAudioFlowEstimator(nn.Module):
         self.final_block = CausalBlock1D(rev[-1], rev[-1])
         self.final_proj = nn.Conv1d(rev[-1], n_mels, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x, mu: (B, n_mels, T); mask: (B, 1, T) float (1 = valid); t: scalar flow time. Returns (B, n_mels, T)."""
+    @property
+    def streamable(self) -> bool:
+        """Whether a :class:`~.layers.StreamingCache` chunk-by-chunk forward is exact: one level (every conv causal,
+        attention chunks aligned at every level) and a positive ``static_chunk_size``."""
+        return len(self.down_blocks) == 1 and self.chunk_size > 0
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        mu: torch.Tensor,
+        t: torch.Tensor,
+        cache: StreamingCache | None = None,
+    ) -> torch.Tensor:
+        """x, mu: (B, n_mels, T); mask: (B, 1, T) float (1 = valid); t: scalar flow time. Returns (B, n_mels, T).
+
+        ``cache`` (only when :attr:`streamable`): x is the next ``static_chunk_size`` aligned chunk of a stream (or
+        its shorter last chunk), all valid; the earlier chunks' state is read from and written to the cache.
+        """
+        if cache is not None and not self.streamable:
+            raise ValueError("this U-Net has inner levels (non-causal resampling): no chunk-by-chunk forward")
         chunk = self.chunk_size
         time_emb = self.time_mlp(timestep_embedding(t, self.time_in_dim).to(x.dtype))
         x = torch.cat([x, mu], dim=1)
@@ -315,22 +375,22 @@ class BaichuanAudioFlowEstimator(nn.Module):
         hiddens, masks = [], [mask]
         for stage in self.down_blocks:
             mask_down = masks[-1]
-            x = stage(x, mask_down, time_emb, chunk)
+            x = stage(x, mask_down, time_emb, chunk, cache)
             hiddens.append(x)
-            x = stage.sampler(x * mask_down)
+            x = stage.resample(x * mask_down, cache)
             masks.append(mask_down[:, :, ::2])
         masks = masks[:-1]
         mask_mid = masks[-1]
         for stage in self.mid_blocks:
-            x = stage(x, mask_mid, time_emb, chunk)
+            x = stage(x, mask_mid, time_emb, chunk, cache)
         mask_up = mask
         for stage in self.up_blocks:
             mask_up = masks.pop()
             skip = hiddens.pop()
             x = torch.cat([x[:, :, : skip.shape[-1]], skip], dim=1)
-            x = stage(x, mask_up, time_emb, chunk)
-            x = stage.sampler(x * mask_up)
-        x = self.final_block(x, mask_up)
+            x = stage(x, mask_up, time_emb, chunk, cache)
+            x = stage.resample(x * mask_up, cache)
+        x = self.final_block(x, mask_up, cache)
         return self.final_proj(x * mask_up) * mask
 
 

@@ -59,14 +59,16 @@ def build_attention_mask(
     causal: bool = False,
     chunk_size: int | None = None,
     device: torch.device | None = None,
+    past_length: int = 0,
 ) -> torch.Tensor | None:
-    """Boolean (B or 1, 1, T, T) attention mask, True = attend.
+    """Boolean (B or 1, 1, T, past_length + T) attention mask, True = attend.
 
     Args:
         valid: (B, T) key-validity mask (None: every position is valid).
         causal: each query attends to keys at or before it.
         chunk_size: static chunk mask (each query attends to every key of its own chunk and of earlier chunks);
             takes the place of ``causal`` when given.
+        past_length: causal only: ``past_length`` cached keys precede the T queries (all visible to them).
     Returns None when nothing is masked (lets SDPA pick its fastest kernel).
     """
     if valid is not None:
@@ -77,13 +79,51 @@ def build_attention_mask(
         mask = (pos[None, :] // chunk_size) <= (pos[:, None] // chunk_size)
     elif causal:
         pos = torch.arange(seq_len, device=device)
-        mask = pos[None, :] <= pos[:, None]
+        mask = torch.arange(past_length + seq_len, device=device)[None, :] <= pos[:, None] + past_length
     if mask is not None:
         mask = mask[None, None]
     if valid is not None and not bool(valid.all()):
         key_mask = valid[:, None, None, :]
         mask = key_mask if mask is None else (mask & key_mask)
     return mask
+
+
+class StreamingCache:
+    """Causal state carried from one chunk of a stream to the next (the streaming code2wav decoder).
+
+    Per module (and per ``scope``, e.g. the Euler step of the flow-matching sampler): the left context of a causal
+    conv (:meth:`left_context`) or the keys / values of every earlier frame of an attention layer
+    (:meth:`keys_values`), plus named running values (``past`` / ``new`` by any hashable key). A chunk reads
+    ``past`` and writes the values including itself to ``new``; :meth:`committed` is the cache for the next chunk,
+    and this one stays usable to recompute the same chunk differently (e.g. as the end of the phrase).
+    """
+
+    def __init__(self, past: dict | None = None):
+        self.past: dict = dict(past or {})
+        self.new: dict = {}
+        self.scope = None
+
+    def committed(self) -> StreamingCache:
+        return StreamingCache({**self.past, **self.new})
+
+    def left_context(self, module: nn.Module, x: torch.Tensor, width: int) -> torch.Tensor:
+        """x (B, C, T) -> (B, C, width + T): the ``width`` frames before the chunk (zeros at the stream start)."""
+        key = (self.scope, id(module))
+        left = self.past.get(key)
+        if left is None:
+            left = x.new_zeros(x.shape[0], x.shape[1], width)
+        full = torch.cat([left, x], dim=-1)
+        self.new[key] = full[..., full.shape[-1] - width :]
+        return full
+
+    def keys_values(self, module: nn.Module, key: torch.Tensor, value: torch.Tensor):
+        """(B, H, T, D) keys / values of the chunk -> those of every frame so far (earlier ones first)."""
+        name = (self.scope, id(module))
+        past = self.past.get(name)
+        if past is not None:
+            key, value = torch.cat([past[0], key], dim=-2), torch.cat([past[1], value], dim=-2)
+        self.new[name] = (key, value)
+        return key, value
 
 
 def eager_attention_forward(
@@ -134,12 +174,21 @@ class BaichuanWhisperAttention(nn.Module):
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=True)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=True)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: StreamingCache | None = None,
+        **kwargs,
+    ):
+        """``cache``: keys / values of earlier frames are prepended (give the mask over all of them)."""
         bsz, seq_len, _ = hidden_states.shape
         shape = (bsz, seq_len, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        if cache is not None:
+            key, value = cache.keys_values(self, key, value)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -211,6 +260,7 @@ __all__ = [
     "lengths_to_mask",
     "build_attention_mask",
     "eager_attention_forward",
+    "StreamingCache",
     "BaichuanWhisperAttention",
     "BaichuanWhisperLayer",
 ]
