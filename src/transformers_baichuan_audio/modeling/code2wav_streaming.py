@@ -18,10 +18,28 @@ What is exact and what is not:
   assuming the phrase goes on (one more, bias-only, frame inside the chunk's attention); at ``finish`` the frames
   not yet vocoded take the exact values, those already vocoded keep the assumption (~1e-2 mel difference).
 
-Cost: each chunk re-decodes the whole prefix (quadratic in the phrase length, ~3x a one-shot decode for 10 s).
-Measured on the tiny-a fixture (10 s, tests/test_code2wav_streaming.py): with the phrase statistics the mel equals
-the one-shot mel to 3e-6 and the windowed vocoder adds 4e-5; with running statistics the mel differs by 0.13 (2 %
-of its range) in the first 2 s chunk, 0.066 / 0.036 / 0.0035 in the next ones and 0 in the last one.
+Two paths (``incremental=``):
+
+* incremental (default where :meth:`BaichuanAudioStreamingDecoder.supports_incremental`: one-level U-Net, prenet
+  length ratio 1, chunk a whole number of frames; the released model and the tiny config): each chunk is decoded
+  from the causal state of the earlier ones (:class:`~.layers.StreamingCache`): the transposed conv's
+  ``(k - 1) // stride`` left frames (0 for k=3, stride 4), the running GroupNorm sums, the keys / values of every
+  decoder and prenet layer, and per Euler step the U-Net's causal-conv left context (2 frames per conv) and the keys /
+  values of every U-Net attention layer (a chunk attends to all of itself and every earlier chunk, as the static
+  chunk mask says). With caller-given statistics this equals the reference path to fp32 roundoff (measured 4.8e-7
+  mel, one ulp). With running statistics it does not: the state of earlier chunks keeps the statistics those chunks
+  had (the reference re-normalises the whole prefix each time), so the error does not shrink towards the phrase's
+  end: on tiny-a, 0.129, 0.136, 0.103, 0.102, 0.091 per 2 s chunk (reference path: 0.129 ... 0), i.e. bounded by the
+  first chunk's error. Cost per chunk: constant except attention over all earlier frames (grows with the phrase,
+  as the model's attention does; keys / values kept in doubling buffers); the vocoder windows are bounded.
+  Memory: keys / values of every attention layer, for the U-Net per Euler step and for both CFG halves.
+* reference (``incremental=False``): each chunk re-decodes the whole prefix (quadratic in the phrase length, ~3x a
+  one-shot decode for 10 s), and the last chunk is exact with running statistics.
+
+Measured on the tiny-a fixture (10 s, tests/test_code2wav_streaming.py), reference path: with the phrase statistics
+the mel equals the one-shot mel to 3e-6 and the windowed vocoder adds 4e-5; with running statistics the mel differs
+by 0.13 (2 % of its range) in the first 2 s chunk, 0.066 / 0.036 / 0.0035 in the next ones and 0 in the last one.
+Speed: benchmarks/bench_code2wav_streaming.py.
 """
 
 from __future__ import annotations
@@ -84,6 +102,7 @@ class BaichuanAudioStreamingDecoder:
         if draws is None:
             draws = NSFSourceDraws.sample(1, self.harmonics, 0, generator, model.device)
         self.draws = draws
+        self._noise_pieces = [draws.noise]
         self.frames: list[torch.Tensor] = []
         self.mel = torch.zeros(1, cfg.flow_matching_config.in_channels, 0, device=model.device)
         self.mel_chunks_done = 0
@@ -201,14 +220,20 @@ class BaichuanAudioStreamingDecoder:
         return 0, self._prefix_mel(stop, continues)
 
     def _draws_for(self, start: int, stop: int) -> NSFSourceDraws:
-        noise = self.draws.noise
-        if noise.shape[-1] < stop:
-            extra = torch.randn(
-                (1, self.harmonics, stop - noise.shape[-1]), generator=self.generator, device=noise.device
-            )
-            noise = torch.cat([noise, extra], dim=-1)
-            self.draws = NSFSourceDraws(self.draws.phase, noise)
-        return NSFSourceDraws(self.draws.phase, noise[..., start:stop])
+        """NSF draws of samples [start, stop): the given ones, then drawn as needed (kept as pieces: no copy of the
+        whole history per chunk)."""
+        pieces = self._noise_pieces
+        have = sum(piece.shape[-1] for piece in pieces)
+        if have < stop:
+            device = self.draws.noise.device
+            pieces.append(torch.randn((1, self.harmonics, stop - have), generator=self.generator, device=device))
+        out, offset = [], 0
+        for piece in pieces:
+            lo, hi = max(start - offset, 0), min(stop - offset, piece.shape[-1])
+            if lo < hi:
+                out.append(piece[..., lo:hi])
+            offset += piece.shape[-1]
+        return NSFSourceDraws(self.draws.phase, torch.cat(out, dim=-1))
 
     def _advance_source(self, final_frames: int) -> None:
         """Extend the NSF excitation up to ``final_frames`` mel frames (those whose f0 no longer changes)."""

@@ -117,13 +117,25 @@ class StreamingCache:
         return full
 
     def keys_values(self, module: nn.Module, key: torch.Tensor, value: torch.Tensor):
-        """(B, H, T, D) keys / values of the chunk -> those of every frame so far (earlier ones first)."""
+        """(B, H, T, D) keys / values of the chunk -> those of every frame so far (earlier ones first).
+
+        Kept in buffers that double when full (no copy of the whole history per chunk); a cache only reads the
+        first ``n`` frames it recorded, so a chunk recomputed from an earlier cache may overwrite what follows.
+        """
         name = (self.scope, id(module))
-        past = self.past.get(name)
-        if past is not None:
-            key, value = torch.cat([past[0], key], dim=-2), torch.cat([past[1], value], dim=-2)
-        self.new[name] = (key, value)
-        return key, value
+        buffers, n = self.past.get(name, (None, 0))
+        total = n + key.shape[-2]
+        if buffers is None or buffers[0].shape[-2] < total:
+            size = (*key.shape[:-2], max(2 * total, 128), key.shape[-1])
+            grown = tuple(key.new_empty(size) for _ in range(2))
+            if buffers is not None:
+                for old, new in zip(buffers, grown, strict=True):
+                    new[..., :n, :] = old[..., :n, :]
+            buffers = grown
+        buffers[0][..., n:total, :] = key
+        buffers[1][..., n:total, :] = value
+        self.new[name] = (buffers, total)
+        return buffers[0][..., :total, :], buffers[1][..., :total, :]
 
 
 def eager_attention_forward(
