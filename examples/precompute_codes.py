@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 
 from transformers_baichuan_audio.loading import load_model_and_processor
-from transformers_baichuan_audio.training.loading import load_rows
 from transformers_baichuan_audio.training.precompute import precompute_audio_codes
+from transformers_baichuan_audio.training.scripts import load_rows
 
 
 def main(argv=None):

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 from transformers_baichuan_audio.loading import load_model_and_processor
 from transformers_baichuan_audio.training import BaichuanAudioCollator, lora_sft_config
-from transformers_baichuan_audio.training.loading import load_rows, training_argument_parser
 from transformers_baichuan_audio.training.recipes import load_lora
+from transformers_baichuan_audio.training.scripts import load_rows, training_argument_parser
 from transformers_baichuan_audio.training.trainer import BaichuanAudioSFTConfig, BaichuanAudioSFTTrainer
 
 

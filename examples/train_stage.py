@@ -26,7 +26,7 @@ from typing import Literal
 from transformers import Trainer, TrainingArguments
 
 from transformers_baichuan_audio.loading import load_model_and_processor
-from transformers_baichuan_audio.training import BaichuanAudioCollator, apply_stage, loading
+from transformers_baichuan_audio.training import BaichuanAudioCollator, apply_stage, scripts
 
 
 @dataclass
@@ -37,7 +37,7 @@ class StageArguments:
 
 
 def parse_args(argv=None) -> tuple[StageArguments, TrainingArguments]:
-    parser = loading.training_argument_parser(StageArguments, TrainingArguments, learning_rate=1e-4, save_steps=1000)
+    parser = scripts.training_argument_parser(StageArguments, TrainingArguments, learning_rate=1e-4, save_steps=1000)
     return parser.parse_args_into_dataclasses(argv)
 
 
@@ -52,7 +52,7 @@ def main(argv=None):
     trainer = Trainer(
         model=model,
         args=training_args,
-        train_dataset=loading.load_rows(args.dataset),
+        train_dataset=scripts.load_rows(args.dataset),
         data_collator=BaichuanAudioCollator(processor, model.config.codebook_sizes),
     )
     trainer.train()

@@ -38,7 +38,11 @@ def _private(name: str) -> bool:
 
 
 def _string_arg(call: ast.Call, index: int) -> str | None:
-    if len(call.args) > index and isinstance(call.args[index], ast.Constant) and isinstance(call.args[index].value, str):
+    if (
+        len(call.args) > index
+        and isinstance(call.args[index], ast.Constant)
+        and isinstance(call.args[index].value, str)
+    ):
         return call.args[index].value
     return None
 
@@ -64,7 +68,9 @@ def defined_names(trees: dict[Path, ast.AST]) -> set[str]:
                 fname = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
                 if fname == "setattr" and (name := _string_arg(node, 1)):
                     names.add(name)
-                elif fname in ("register_buffer", "register_parameter", "add_module") and (name := _string_arg(node, 0)):
+                elif fname in ("register_buffer", "register_parameter", "add_module") and (
+                    name := _string_arg(node, 0)
+                ):
                     names.add(name)
             elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
                 if isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
@@ -152,6 +158,8 @@ def test_scanner_allows_own_private_names(tmp_path, monkeypatch):
     fake_src = tmp_path / "transformers_baichuan_audio"
     fake_src.mkdir()
     path = fake_src / "mod.py"
-    path.write_text("class A:\n    def _own(self):\n        self._x = 1\n        return self._own, self._x, self.__dict__\n")
+    path.write_text(
+        "class A:\n    def _own(self):\n        self._x = 1\n        return self._own, self._x, self.__dict__\n"
+    )
     monkeypatch.setattr(sys.modules[__name__], "SRC", fake_src)
     assert scan([path])[path] == []
