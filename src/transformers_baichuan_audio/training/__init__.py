@@ -1,6 +1,8 @@
 """Training Baichuan-Audio: the dataset format and collator (:mod:`.data`), the paper's recipes and LoRA SFT
-(:mod:`.recipes`), TRL's trainer with the audio loss (:mod:`.trainer`, imports trl), audio-code pre-computation (:mod:`.precompute`) and the rows loader
-(:mod:`transformers_baichuan_audio.loading`; the scripts' helpers: :mod:`.scripts`); the tiny random model for smoke runs is ``tiny_random.build_tiny_random(training=True)``."""
+(:mod:`.recipes`), TRL's trainer with the audio loss (:mod:`.trainer`, imports trl), audio-code pre-computation
+(:mod:`.precompute`), and the example scripts' rows loader and argument parser (:mod:`.scripts`). Models come from
+:func:`transformers_baichuan_audio.loading.load_model_and_processor` (``training=True``); the tiny random model for
+smoke runs is ``tiny_random.build_tiny_random(training=True)``."""
 
 from .data import IGNORE_INDEX, TASKS, BaichuanAudioCollator, row_segments
 from .recipes import (
