@@ -6,7 +6,9 @@ lazy imports inside functions included:
     <-  conversion, tiny_random, audio_encoding  <-  loading, parity  <-  chat (the engine)  <-  cli / demo
 
 ``cli`` launches the app (``baichuan-audio demo`` is a sub-command), so it may import ``demo``; ``demo`` never imports
-``cli``. ``training`` sits beside the front ends (it may use everything below ``chat``).
+``cli``. ``training`` sits beside the front ends (it may use everything below ``chat``). ``serving`` (the HTTP API) and
+``evaluation`` are front ends on the ``chat`` engine like ``demo``: ``cli`` launches them, they never import ``cli``,
+``demo``, ``training`` or each other.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ PACKAGE = "transformers_baichuan_audio"
 SRC = Path(transformers_baichuan_audio.__file__).parent
 
 BELOW_MODELING = {"configuration", "audio_codes"}
-FRONT = {"chat", "cli", "demo", "training"}
+FRONT = {"chat", "cli", "demo", "training", "serving", "evaluation"}
 #: first component of a module name -> the first components it must never import
 FORBIDDEN: dict[str, set[str]] = {
     "configuration": {"modeling", "processing", "conversion", "loading", "parity", "tiny_random", "audio_encoding"}
@@ -39,9 +41,11 @@ FORBIDDEN: dict[str, set[str]] = {
     "audio_encoding": {"conversion", "loading", "parity", "tiny_random"} | FRONT,
     "loading": {"parity"} | FRONT,
     "parity": {"loading"} | FRONT,
-    "chat": {"cli", "demo", "training", "parity"},
-    "demo": {"cli", "training", "parity"},
-    "training": {"chat", "cli", "demo", "parity"},
+    "chat": {"cli", "demo", "training", "parity", "serving", "evaluation"},
+    "demo": {"cli", "training", "parity", "serving", "evaluation"},
+    "training": {"chat", "cli", "demo", "parity", "serving", "evaluation"},
+    "serving": {"cli", "demo", "training", "parity", "evaluation"},
+    "evaluation": {"cli", "demo", "training", "parity", "serving"},
 }
 
 
