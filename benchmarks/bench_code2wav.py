@@ -9,10 +9,23 @@ sizes (default with ``--device cuda``). Reports, for a phrase of ``--seconds`` o
   frames are pushed back to back, so add 2 s of frame generation at 12.5 Hz in a live system), and the RTF of the
   whole stream.
 
+Paths compared in the same run (``--paths``, alternating, best of ``--repeats``; issue 24):
+
+* ``masked``: the U-Net attention masked over every frame pair (the path before issue 24; padded batches use it);
+* ``exact`` (default): a single segment applies the static chunk mask chunk by chunk (same numbers up to roundoff);
+* ``bf16``: ``flow_matching_config.compute_dtype="bfloat16"`` (U-Net under autocast; the fast path, not
+  parity-exact: its mel and waveform error against ``exact`` are reported).
+
+The roofline: the decode's floating-point work (``torch.utils.flop_counter``: matmuls and convolutions; attention
+is counted from its shapes) divided by the time, as a fraction of the fp32 (and bf16) GEMM rate of a large square
+matmul measured in the same run. The decode is compute-bound on a CPU, so that fraction bounds what any fp32 path
+can gain.
+
 The last line printed is one JSON object.
 
     python benchmarks/bench_code2wav.py                      # small config, CPU
     python benchmarks/bench_code2wav.py --device cuda        # real size, GPU
+    python benchmarks/bench_code2wav.py --size real --seconds 3.2 --threads 2 --no-stream   # issue 24's figure
 """
 
 from __future__ import annotations
@@ -40,6 +53,63 @@ def _timed(fn, device):
     return out, time.perf_counter() - start
 
 
+def gemm_rate(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
+    """FLOP/s of an n x n x n matmul (best of 5)."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        _, t = _timed(lambda: a @ b, device)
+        best = min(best, t)
+    return 2 * n**3 / best
+
+
+def decode_flops(model, codes) -> float:
+    """Floating-point operations of one ``decode`` (matmuls, convolutions and SDPA as counted by torch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.decode(codes, generator=torch.Generator(codes.device).manual_seed(0))
+    return float(counter.get_total_flops())
+
+
+def set_path(model, path: str) -> None:
+    model.estimator.chunked_attention = path != "masked"
+    model.config.flow_matching_config.compute_dtype = "bfloat16" if path == "bf16" else None
+
+
+def compare_paths(model, codes, device, paths, repeats, steps) -> dict:
+    """Alternate the paths ``repeats`` times; best time of each, and the bf16 error against the exact path."""
+    times = {p: [] for p in paths}
+    outputs = {}
+    for _ in range(repeats):
+        for path in paths:
+            set_path(model, path)
+            gen = torch.Generator(device).manual_seed(0)  # same CFM noise and NSF draws on every path
+            out, t = _timed(lambda g=gen: model.decode(codes, num_steps=steps, generator=g), device)
+            times[path].append(t)
+            outputs[path] = out
+    set_path(model, "exact")
+    result = {f"{p}_decode_seconds": round(min(v), 4) for p, v in times.items()}
+    if "masked" in paths and "exact" in paths:
+        result["exact_speedup_vs_masked"] = round(min(times["masked"]) / min(times["exact"]), 3)
+        result["masked_vs_exact_max_abs_mel"] = float((outputs["masked"].mel[0] - outputs["exact"].mel[0]).abs().max())
+    if "bf16" in paths:
+        base = "exact" if "exact" in paths else paths[0]
+        result["bf16_speedup_vs_exact"] = round(min(times[base]) / min(times["bf16"]), 3)
+        if "masked" in paths:
+            result["bf16_speedup_vs_masked"] = round(min(times["masked"]) / min(times["bf16"]), 3)
+        mel, ref = outputs["bf16"].mel[0], outputs[base].mel[0]
+        wave, ref_wave = outputs["bf16"].audio_values[0], outputs[base].audio_values[0]
+        result["bf16_mel_max_abs_error"] = round(float((mel - ref).abs().max()), 5)
+        result["bf16_mel_rms_error"] = round(float((mel - ref).pow(2).mean().sqrt()), 5)
+        result["mel_range"] = round(float(ref.max() - ref.min()), 3)
+        snr = 10 * torch.log10(ref_wave.pow(2).mean() / (wave - ref_wave).pow(2).mean().clamp_min(1e-30))
+        result["bf16_waveform_snr_db"] = round(float(snr), 2)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -49,6 +119,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-stream", action="store_true")
+    parser.add_argument(
+        "--paths",
+        nargs="*",
+        default=["masked", "exact", "bf16"],
+        choices=["masked", "exact", "bf16"],
+        help="decode paths compared in the same run (see the module docstring)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,11 +142,13 @@ def main() -> None:
 
     with torch.no_grad():
         model.decode(codes[: min(frames, 8)], num_steps=1)  # warm-up
-        times = []
-        for _ in range(args.repeats):
-            _, t = _timed(lambda: model.decode(codes, num_steps=args.steps), device)
-            times.append(t)
-        decode_s = min(times)
+        paths = compare_paths(model, codes, device, args.paths, args.repeats, args.steps)
+        decode_s = paths.get("exact_decode_seconds") or min(v for k, v in paths.items() if k.endswith("_seconds"))
+        flops = (
+            decode_flops(model, codes) if args.steps in (None, config.flow_matching_config.diffusion_steps) else None
+        )
+        fp32_rate = gemm_rate(device, torch.float32)
+        bf16_rate = gemm_rate(device, torch.bfloat16)
 
         embeds, t_deq = _timed(lambda: model.dequantize(codes)[None], device)
         lengths = torch.tensor([frames], device=device)
@@ -87,6 +166,12 @@ def main() -> None:
             "audio_seconds": round(audio_seconds, 3),
             "decode_seconds": round(decode_s, 4),
             "decode_rtf": round(audio_seconds / decode_s, 3),
+            **paths,
+            "decode_gflop": round(flops / 1e9, 1) if flops else None,
+            "fp32_gemm_gflops": round(fp32_rate / 1e9, 1),
+            "bf16_gemm_gflops": round(bf16_rate / 1e9, 1),
+            "exact_fraction_of_fp32_gemm_peak": round(flops / decode_s / fp32_rate, 3) if flops else None,
+            "exact_lower_bound_seconds_at_fp32_gemm_peak": round(flops / fp32_rate, 3) if flops else None,
             "stage_seconds": {
                 "decoder": round(t_deq + t_dec, 4),
                 "flow_matching": round(t_fm, 4),

@@ -307,6 +307,10 @@ class BaichuanAudioReconstructionDecoderConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
 
+#: Values of ``BaichuanAudioFlowMatchingConfig.compute_dtype`` (None: the weights' dtype).
+FLOW_MATCHING_COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
+
+
 @strict
 class BaichuanAudioFlowMatchingConfig(PreTrainedConfig):
     r"""Configuration of code2wav's flow matching (original ``flow_matching_config``, field names kept).
@@ -319,6 +323,10 @@ class BaichuanAudioFlowMatchingConfig(PreTrainedConfig):
         diffusion_steps / sigma_min / t_scheduler / inference_cfg_rate / training_cfg_rate / temperature: the Euler
             sampler of the conditional flow matching (the original's ``cfm_params``).
         mel_sampling_rate / mel_hop_length: the 24 kHz / hop-480 mel grid of the vocoder.
+        compute_dtype: ``None`` (default: the weights' dtype, fp32, parity-exact) or ``"bfloat16"`` / ``"float16"``:
+            the U-Net estimator runs under ``torch.autocast`` in that dtype (the fast path: about 1.5x on a CPU with
+            AVX512-BF16 and on GPUs, with a mel error of about 1e-2; see ``benchmarks/bench_code2wav.py``). Not a
+            field of the original.
     """
 
     model_type = "baichuan_audio_flow_matching"
@@ -351,6 +359,7 @@ class BaichuanAudioFlowMatchingConfig(PreTrainedConfig):
     temperature: float = 1.0
     mel_sampling_rate: int = 24000
     mel_hop_length: int = 480
+    compute_dtype: str | None = None
 
     def __post_init__(self, **kwargs):
         if self.channels is None:
@@ -365,6 +374,11 @@ class BaichuanAudioFlowMatchingConfig(PreTrainedConfig):
             raise ValueError(f"BaichuanAudioFlowMatchingConfig: unknown t_scheduler {self.t_scheduler!r}")
         if self.diffusion_steps <= 0:
             raise ValueError("BaichuanAudioFlowMatchingConfig: diffusion_steps must be positive")
+        if self.compute_dtype not in FLOW_MATCHING_COMPUTE_DTYPES:
+            raise ValueError(
+                f"BaichuanAudioFlowMatchingConfig: compute_dtype must be one of {FLOW_MATCHING_COMPUTE_DTYPES}, "
+                f"got {self.compute_dtype!r}"
+            )
 
 
 #: Flat ``BaichuanAudioCode2WavConfig`` fields of earlier versions -> (sub-config, field): old configs still load.

@@ -21,6 +21,7 @@ then one chunk (an aligned ``static_chunk_size`` chunk for the U-Net) and the ca
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -171,8 +172,12 @@ class BaichuanAudioUNetAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: StreamingCache | None = None,
+        chunk_size: int | None = None,
         **kwargs,
     ):
+        """``chunk_size`` (no ``attention_mask``, every frame valid): the static chunk mask computed chunk by chunk,
+        the queries of chunk ``c`` against the keys of chunks ``0..c`` only (the same sets the mask allows, without
+        the work on masked pairs)."""
         bsz, seq_len, _ = hidden_states.shape
         shape = (bsz, seq_len, self.num_heads, self.head_dim)
         query, key, value = (
@@ -183,9 +188,21 @@ class BaichuanAudioUNetAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        out, _ = attention_interface(
-            self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, is_causal=False, **kwargs
-        )
+
+        def attend(q, k, v, mask):
+            out, _ = attention_interface(
+                self, q, k, v, mask, dropout=0.0, scaling=self.scaling, is_causal=False, **kwargs
+            )
+            return out
+
+        if attention_mask is None and chunk_size and seq_len > chunk_size:
+            pieces = []
+            for start in range(0, seq_len, chunk_size):
+                end = min(seq_len, start + chunk_size)
+                pieces.append(attend(query[:, :, start:end], key[:, :, :end], value[:, :, :end], None))
+            out = torch.cat(pieces, dim=1)
+        else:
+            out = attend(query, key, value, attention_mask)
         return self.to_out(out.reshape(bsz, seq_len, self.num_heads * self.head_dim))
 
 
@@ -249,8 +266,9 @@ class BaichuanAudioUNetTransformerBlock(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: StreamingCache | None = None,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
-        hidden_states = hidden_states + self.attn(self.norm1(hidden_states), attention_mask, cache)
+        hidden_states = hidden_states + self.attn(self.norm1(hidden_states), attention_mask, cache, chunk_size)
         return hidden_states + self.ff(self.norm3(hidden_states))
 
 
@@ -272,15 +290,19 @@ class BaichuanAudioUNetStage(nn.Module):
         time_emb: torch.Tensor,
         chunk_size: int,
         cache: StreamingCache | None = None,
+        dense: bool = False,
     ) -> torch.Tensor:
-        """``cache``: x is one aligned attention chunk; it sees all of itself and every earlier chunk (no mask)."""
+        """``cache``: x is one aligned attention chunk; it sees all of itself and every earlier chunk (no mask).
+        ``dense``: every frame of every row is valid: the chunk mask is applied chunk by chunk, without a mask."""
         x = self.resnet(x, mask, time_emb, cache)
-        attn_mask = None
-        if cache is None:
+        attn_mask, chunked = None, None
+        if cache is None and dense:
+            chunked = chunk_size if chunk_size > 0 else None
+        elif cache is None:
             attn_mask = build_attention_mask(mask[:, 0].bool(), x.shape[-1], chunk_size=chunk_size)
         h = x.transpose(1, 2)
         for block in self.transformer_blocks:
-            h = block(h, attn_mask, cache)
+            h = block(h, attn_mask, cache, chunked)
         return h.transpose(1, 2)
 
     def resample(self, x: torch.Tensor, cache: StreamingCache | None = None) -> torch.Tensor:
@@ -320,6 +342,9 @@ class BaichuanAudioFlowEstimator(nn.Module):
         self.config = config
         fm = config.flow_matching_config
         self.chunk_size = fm.static_chunk_size
+        #: Single segments apply the chunk mask chunk by chunk (False: the masked attention over every frame pair,
+        #: as padded batches use; kept for comparison in benchmarks/bench_code2wav.py).
+        self.chunked_attention = True
         n_mels = fm.in_channels
         in_ch = 2 * n_mels + fm.spk_emb_dim
         channels = list(fm.channels)
@@ -365,30 +390,48 @@ class BaichuanAudioFlowEstimator(nn.Module):
 
         ``cache`` (only when :attr:`streamable`): x is the next ``static_chunk_size`` aligned chunk of a stream (or
         its shorter last chunk), all valid; the earlier chunks' state is read from and written to the cache.
+
+        ``flow_matching_config.compute_dtype`` (e.g. ``"bfloat16"``) runs the U-Net under ``torch.autocast`` in that
+        dtype (matmuls and convolutions; the Euler state stays in the weights' dtype): the fast path, not the
+        parity-exact one (``benchmarks/bench_code2wav.py`` reports its speed and its mel error).
         """
         if cache is not None and not self.streamable:
             raise ValueError("this U-Net has inner levels (non-causal resampling): no chunk-by-chunk forward")
+        compute_dtype = self.config.flow_matching_config.compute_dtype
+        compute_dtype = getattr(torch, compute_dtype) if compute_dtype else self.time_mlp.linear_1.weight.dtype
+        if compute_dtype == self.time_mlp.linear_1.weight.dtype:
+            context = contextlib.nullcontext()
+        else:
+            context = torch.autocast(x.device.type, dtype=compute_dtype)
+        out_dtype = x.dtype
+        with context:
+            return self.estimate(x, mask, mu, t, cache).to(out_dtype)
+
+    def estimate(self, x, mask, mu, t, cache=None) -> torch.Tensor:
+        """:meth:`forward` in the weights' dtype (or under the caller's autocast)."""
         chunk = self.chunk_size
+        # Every frame valid (a single segment, the default batch-invariant decode): no attention mask at all.
+        dense = self.chunked_attention and cache is None and bool(mask.min() > 0)
         time_emb = self.time_mlp(timestep_embedding(t, self.time_in_dim).to(x.dtype))
         x = torch.cat([x, mu], dim=1)
         mask = mask.to(x.dtype)
         hiddens, masks = [], [mask]
         for stage in self.down_blocks:
             mask_down = masks[-1]
-            x = stage(x, mask_down, time_emb, chunk, cache)
+            x = stage(x, mask_down, time_emb, chunk, cache, dense)
             hiddens.append(x)
             x = stage.resample(x * mask_down, cache)
             masks.append(mask_down[:, :, ::2])
         masks = masks[:-1]
         mask_mid = masks[-1]
         for stage in self.mid_blocks:
-            x = stage(x, mask_mid, time_emb, chunk, cache)
+            x = stage(x, mask_mid, time_emb, chunk, cache, dense)
         mask_up = mask
         for stage in self.up_blocks:
             mask_up = masks.pop()
             skip = hiddens.pop()
             x = torch.cat([x[:, :, : skip.shape[-1]], skip], dim=1)
-            x = stage(x, mask_up, time_emb, chunk, cache)
+            x = stage(x, mask_up, time_emb, chunk, cache, dense)
             x = stage.resample(x * mask_up, cache)
         x = self.final_block(x, mask_up, cache)
         return self.final_proj(x * mask_up) * mask
