@@ -27,6 +27,7 @@ from transformers_baichuan_audio.evaluation.tasks import (
     EvalOptions,
     EvaluationError,
     make_task,
+    transcribe_batch,
 )
 from transformers_baichuan_audio.processing.feature_extraction import resample
 
@@ -213,6 +214,10 @@ def test_asr_rows_summary_and_result_file(data, chat, tmp_path):
         ref, hyp = row["reference_normalized"], row["hypothesis_normalized"]
         assert row["word_errors"] == _levenshtein(ref.split(), hyp.split())
         assert row["char_errors"] == _levenshtein(list(ref.replace(" ", "")), list(hyp.replace(" ", "")))
+    # batched generate (2 rows, different lengths, left padding) gives the transcripts of one clip at a time (greedy)
+    ds = open_dataset(str(bad))
+    singles = [transcribe_batch(chat, [ds.decode_audio(row)])[0] for row in list(ds)[:3]]
+    assert [r["hypothesis"] for r in good] == singles
     assert [r["language"] for r in good] == ["en", "en", "zh"]
     assert good[1]["reference_normalized"] == "mister smith will not go"
     summary = result["summary"]
