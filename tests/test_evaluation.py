@@ -202,12 +202,15 @@ def test_asr_rows_summary_and_result_file(data, chat, tmp_path):
     bad = tmp_path / "with_bad.jsonl"
     (tmp_path / "notes.wav").write_text("not audio")
     lines = (root / "set.jsonl").read_text().replace('"audios/', f'"{root}/audios/').splitlines()
-    bad.write_text("\n".join([*lines, json.dumps({"audio": str(tmp_path / "notes.wav"), "text": "x"})]) + "\n")
+    sf.write(tmp_path / "short.wav", np.full(10, 0.1, np.float32), 16000)  # too short for one code frame
+    extra = [{"audio": str(tmp_path / "notes.wav"), "text": "x"}, {"audio": str(tmp_path / "short.wav"), "text": "y"}]
+    bad.write_text("\n".join([*lines, *map(json.dumps, extra)]) + "\n")
     out = tmp_path / "asr.json"
     _, result = _run("asr", str(bad), chat, out, batch_size=2)
     rows = result["rows"]
-    assert [r["index"] for r in rows] == [0, 1, 2, 3]
-    assert "error" in rows[3] and "cannot be read" in rows[3]["error"]
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
+    assert "cannot be read" in rows[3]["error"]
+    assert "too short" in rows[4]["error"]  # its batch (rows 2 and 4) was rerun one by one: row 2 still scored
     good = rows[:3]
     for row, clip in zip(good, CLIPS, strict=True):
         assert row["reference"] == clip[3] and row["hypothesis"]
@@ -221,7 +224,7 @@ def test_asr_rows_summary_and_result_file(data, chat, tmp_path):
     assert [r["language"] for r in good] == ["en", "en", "zh"]
     assert good[1]["reference_normalized"] == "mister smith will not go"
     summary = result["summary"]
-    assert summary["examples"] == 4 and summary["failed"] == 1 and summary["primary"] == "wer"
+    assert summary["examples"] == 5 and summary["failed"] == 2 and summary["primary"] == "wer"
     words = sum(r["word_errors"] for r in good) / sum(r["reference_words"] for r in good)
     assert summary["wer"] == pytest.approx(100 * words)
     assert json.loads(out.read_text()) == result

@@ -10,8 +10,8 @@ Files (for ``--out results.json``):
 * ``results.json``: ``{"run", "summary", "rows"}`` (rows in dataset order), written when the run completes (to a
   temporary file, then renamed).
 
-An example whose audio cannot be read, or whose prompt is refused (too long, invalid audio), becomes a row with an
-``error`` and counts as ``failed`` in the summary; when one example of a batch fails, the batch is rerun one example
+An example whose audio cannot be read, or whose prompt is refused (too long, too short for a code frame, invalid
+audio), becomes a row with an ``error`` and counts as ``failed`` in the summary; when one example of a batch fails, the batch is rerun one example
 at a time so the others still get their rows.
 """
 
@@ -38,7 +38,9 @@ def rows_path(out: str | os.PathLike) -> Path:
 def _row_errors() -> tuple[type[BaseException], ...]:
     from ..chat import AudioInputError, input_errors
 
-    return (*input_errors(), AudioInputError, DatasetError)
+    # ValueError: the processor's refusals of one clip (e.g. too short for a code frame); EvaluationError is not
+    # one example's fault and is re-raised (see _run_items)
+    return (*input_errors(), AudioInputError, DatasetError, ValueError)
 
 
 def read_rows(path: Path, run: dict) -> dict[int, dict]:
@@ -84,6 +86,8 @@ def _run_items(task: Task, items: list[Item], ctx: EvalContext) -> list[dict]:
     errors = _row_errors()
     try:
         return task.run_batch(items, ctx)
+    except EvaluationError:
+        raise
     except errors as err:
         if len(items) == 1:
             return [{"index": items[0].index, **items[0].fields, "error": f"{type(err).__name__}: {err}"}]
