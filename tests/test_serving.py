@@ -36,15 +36,16 @@ CAPS = dict(do_sample=False, text_segment_max_new_tokens=6, audio_max_frames=26,
 LIMITS = ServeLimits(max_audio_seconds=5.0, max_text_chars=200, max_new_tokens=64, batch_window_ms=300.0)
 
 
-def _wav(seconds: float = 1.0, freq: float = 220.0, rate: int = 16000) -> bytes:
+def _wav(seconds: float = 1.0, freq: float = 220.0, rate: int = 16000, fmt: str = "WAV") -> bytes:
     t = np.arange(int(seconds * rate)) / rate
     buffer = io.BytesIO()
-    sf.write(buffer, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    subtype = "PCM_16" if fmt == "WAV" else None
+    sf.write(buffer, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format=fmt, subtype=subtype)
     return buffer.getvalue()
 
 
-def _audio_part(data: bytes) -> dict:
-    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}}
+def _audio_part(data: bytes, fmt: str = "wav") -> dict:
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": fmt}}
 
 
 @pytest.fixture(scope="module")
@@ -245,20 +246,21 @@ def test_full_queue_answers_429(chat):
 
 
 def test_eight_concurrent_clients_each_get_their_alone_answer(server, client, reference):
-    """8 requests at once (speech and text-only answers, audio and text questions) -> batched generate calls; each
-    client gets exactly what its request gives alone, none lost or swapped."""
+    """8 requests at once (speech and text-only answers, text questions and wav / mp3 questions) -> batched
+    generate calls; each client gets exactly what its request gives alone, none lost or swapped."""
     engine = server[0]
     requests = []
     for i in range(8):
-        audio = _wav(0.6 + 0.1 * i, freq=200.0 + 40 * i) if i % 3 == 0 else None
+        fmt = "mp3" if i == 3 else "wav"
+        audio = _wav(0.6 + 0.1 * i, freq=200.0 + 40 * i, fmt=fmt.upper()) if i % 3 == 0 else None
         text = None if audio is not None else f"question number {i}"
-        requests.append((audio, text, i % 2 == 0))
+        requests.append((audio, text, i % 2 == 0, fmt))
     results: dict[int, tuple[str, np.ndarray | None]] = {}
     before = engine.batcher.stats()["batches_run"]
 
     def call(i):
-        audio, text, speak = requests[i]
-        content = [_audio_part(audio)] if audio is not None else [{"type": "text", "text": text}]
+        audio, text, speak, fmt = requests[i]
+        content = [_audio_part(audio, fmt)] if audio is not None else [{"type": "text", "text": text}]
         kwargs = dict(modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"}) if speak else {}
         r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], **kwargs)
         message = r.choices[0].message
@@ -276,7 +278,7 @@ def test_eight_concurrent_clients_each_get_their_alone_answer(server, client, re
     assert sorted(results) == list(range(8))
     batches = engine.batcher.stats()["batches_run"] - before
     assert batches < 8  # requests were decoded together (the 300 ms window gathers them)
-    for i, (audio, text, speak) in enumerate(requests):
+    for i, (audio, text, speak, _) in enumerate(requests):
         alone = reference.answer([_user(reference, audio, text)], speak=speak)
         assert results[i][0] == alone.text, i
         if speak:
@@ -302,3 +304,36 @@ def test_cancelled_row_ends_early_and_the_others_go_on(server, reference):
     full = reference.answer(messages[1])
     generated, codes = drop.job.result
     assert sum(c.shape[0] for c in codes) < sum(c.shape[0] for c in full.codes) == CAPS["audio_max_frames"]
+
+
+def test_client_disconnect_cancels_its_request(server):
+    """A streaming client that goes away after the first chunk: its job is cancelled (row ended, nothing left
+    queued or running) and the server answers the next request."""
+    engine, base = server
+    cancelled, cancel = [], engine.batcher.cancel
+
+    def spy(job):
+        cancelled.append(job)
+        cancel(job)
+
+    engine.batcher.cancel = spy
+    try:
+        body = {
+            "model": MODEL,
+            "stream": True,
+            "modalities": ["text", "audio"],
+            "audio": {"format": "pcm16"},
+            "messages": [{"role": "user", "content": "a long answer please"}],
+        }
+        with httpx.stream(
+            "POST", base + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+        ) as r:
+            assert next(r.iter_lines()).startswith("data: ")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (cancelled and cancelled[0].finished.is_set()):
+            time.sleep(0.05)
+        assert cancelled and cancelled[0].cancelled.is_set() and cancelled[0].finished.is_set()
+        assert engine.batcher.stats()["running"] == engine.batcher.stats()["waiting"] == 0
+    finally:
+        engine.batcher.cancel = cancel
+    assert httpx.get(base + "/health").json()["status"] == "ok"

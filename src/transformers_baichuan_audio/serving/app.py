@@ -142,7 +142,7 @@ async def _collect(pump: _EventPump, http_request: Request) -> list:
             events.append(event)
     except APIError:
         raise
-    except BaseException as err:
+    except Exception as err:
         raise _job_error(err) from err
     finally:
         pump.cancel()
@@ -380,7 +380,7 @@ def build_app(engine: ServingEngine, model_id: str, api_key: str | None = None) 
                 while True:
                     try:
                         event = await pump.get()
-                    except BaseException as err:
+                    except Exception as err:
                         error = err if isinstance(err, APIError) else _job_error(err)
                         yield line(error.body())
                         return
@@ -474,7 +474,7 @@ def build_app(engine: ServingEngine, model_id: str, api_key: str | None = None) 
                 while True:
                     try:
                         event = await pump.get()
-                    except BaseException as err:
+                    except Exception as err:
                         _job_error(err)  # logged; the body ends early (the status was sent already)
                         return
                     if event is None:
