@@ -356,3 +356,11 @@ def test_cli_bad_input(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["eval", "wer", "--dataset", "x"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_eval_help_lists_the_tasks_and_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--help"])
+    out = "".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert exit_info.value.code == 0 and out.startswith("usage:baichuan-audioeval")
+    assert "{asr,spoken-qa,consistency,latency}" in out and "--dataset" in out and "tiny-random" in out
