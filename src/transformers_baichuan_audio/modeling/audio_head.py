@@ -45,6 +45,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..configuration import BaichuanAudioHeadConfig
 from .layers import BaichuanRMSNorm, eager_attention_forward
+from .placement import to_module_device
 
 
 def _embedding_tables(audio_embed) -> Sequence[nn.Embedding]:
@@ -54,7 +55,7 @@ def _embedding_tables(audio_embed) -> Sequence[nn.Embedding]:
 
 def _embed_codes(table: nn.Embedding, codes: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``table(codes)`` on the table's device, returned on ``like``'s device (the tables may live elsewhere)."""
-    return table(codes.to(table.weight.device)).to(like.device)
+    return table(to_module_device(codes, table)).to(like.device)
 
 
 class BaichuanAudioHeadAttention(nn.Module):

@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput
 
 from ..configuration import BaichuanAudioTokenizerConfig
 from .layers import BaichuanWhisperLayer, build_attention_mask, lengths_to_mask, sinusoids
+from .placement import loaded_weights, module_device
 
 # ------------------------------------------------------------------------------------------------------ outputs
 
@@ -211,7 +212,8 @@ class BaichuanAudioResidualVQ(nn.Module):
         codes = []
         for stage in self.codebooks:
             residual_fp32 = residual.float()
-            codebook = stage.embed.float()
+            with loaded_weights(stage):  # read outside a forward: load it if accelerate offloaded it
+                codebook = stage.embed.float().to(residual_fp32.device)
             index = self._distances(residual_fp32, codebook).argmin(dim=-1)
             codes.append(index)
             residual = (residual_fp32 - codebook[index]).to(hidden_states.dtype)
@@ -227,7 +229,8 @@ class BaichuanAudioResidualVQ(nn.Module):
             raise ValueError(f"expected {self.num_codebooks} codes per frame, got shape {tuple(codes.shape)}")
         total = None
         for i in range(self.num_codebooks - 1, -1, -1):
-            vectors = self.codebooks[i].embed.float()[codes[..., i]]
+            with loaded_weights(self.codebooks[i]) as stage:
+                vectors = stage.embed.float()[codes[..., i].to(stage.embed.device)]
             total = vectors if total is None else total + vectors
         return total
 
@@ -247,6 +250,12 @@ class BaichuanAudioTokenizerPreTrainedModel(PreTrainedAudioTokenizerBase):
     _supports_flash_attn = True  # (B, T) padding mask -> varlen; not exercised by the CPU test suite
     _supports_attention_backend = False
     _keep_in_fp32_modules_strict = ["quantizer"]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes: the device of its first weight, skipping weights that accelerate offloaded
+        (``device_map`` with "cpu" / "disk" entries; see :func:`.placement.module_device`)."""
+        return module_device(self)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -362,7 +371,7 @@ class BaichuanAudioTokenizerModel(BaichuanAudioTokenizerPreTrainedModel):
         """
         if input_features is None or encoder_length is None:
             raise ValueError("`encode` needs `input_features` with `encoder_length` (raw audio: `encode_audio`)")
-        device = self.encoder.conv1.weight.device
+        device = module_device(self.encoder)
         out = self.forward(
             input_features.to(device),
             encoder_length,
@@ -388,7 +397,7 @@ class BaichuanAudioTokenizerModel(BaichuanAudioTokenizerPreTrainedModel):
 
         Waveform synthesis (reconstruction decoder, flow matching, vocoder) is the code2wav model's job.
         """
-        return self.quantizer.dequantize(audio_codes.to(self.quantizer.codebooks[0].embed.device))
+        return self.quantizer.dequantize(audio_codes.to(self.device))
 
 
 __all__ = [

@@ -48,6 +48,7 @@ from ..audio_codes import fill_audio_codes
 from ..configuration import BaichuanAudioConfig
 from .audio_head import BaichuanAudioHead
 from .generation import BaichuanAudioGenerationMixin
+from .placement import module_device, to_module_device
 
 _AUDIO_GENERATION_INPUTS = ("audio_codes", "input_features", "encoder_length", "bridge_length")
 
@@ -90,7 +91,9 @@ class BaichuanAudioPreTrainedModel(PreTrainedModel):
     input_modalities = ("audio", "text")
     output_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["Qwen2DecoderLayer", "BaichuanAudioHead", "BaichuanAudioEmbeddings"]
+    # device_map units: an LLM layer, the audio head, the audio embeddings and the whole code2wav (one device, or
+    # offloaded as a whole: its decoding builds tensors on one device); the audio tokenizer splits at its layers.
+    _no_split_modules = ["Qwen2DecoderLayer", "BaichuanAudioHead", "BaichuanAudioEmbeddings", "BaichuanAudioCode2Wav"]
     _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -170,8 +173,7 @@ class BaichuanAudioModel(BaichuanAudioPreTrainedModel):
             )
         if n_frames == 0:
             return inputs_embeds
-        embed_device = self.audio_embed.embeddings[0].weight.device
-        audio_embeds = self.audio_embed(audio_codes.to(embed_device))
+        audio_embeds = self.audio_embed(to_module_device(audio_codes, self.audio_embed))
         audio_embeds = audio_embeds.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(pad_mask.unsqueeze(-1).to(inputs_embeds.device), audio_embeds)
 
@@ -271,7 +273,7 @@ class BaichuanAudioForConditionalGeneration(
 
     def audio_head_logits(self, hidden: torch.Tensor, codes: torch.LongTensor) -> list[torch.Tensor]:
         """Teacher-forced audio-head logits for (N, H) final hidden states and (N, num_codebooks) codes."""
-        head_device = self.audio_head.norm.weight.device
+        head_device = module_device(self.audio_head, self)
         return self.audio_head(hidden.to(head_device), codes.to(head_device), self.model.audio_embed)
 
     def compute_audio_loss(

@@ -35,6 +35,7 @@ from transformers.utils import ModelOutput
 from ..configuration import BaichuanAudioCode2WavConfig
 from .flow_matching import BaichuanAudioFlowEstimator, BaichuanAudioFlowPrenet, euler_cfm_sample, whisper_layers
 from .layers import build_attention_mask, sinusoids
+from .placement import loaded_weights, module_device
 
 if TYPE_CHECKING:  # the streaming decoder builds on this module
     from .code2wav_streaming import BaichuanAudioStreamingDecoder
@@ -113,7 +114,8 @@ class CausalConvTranspose1d(nn.Module):
         """GroupNorm(1) of the raw output y (B, C', T) with given per-sample statistics (B,) (and the affine)."""
         mean, var = (v.to(y.dtype).view(-1, 1, 1) for v in (mean, var))
         y = (y - mean) * torch.rsqrt(var + self.norm.eps)
-        return y * self.norm.weight[None, :, None] + self.norm.bias[None, :, None]
+        with loaded_weights(self.norm) as norm:  # the affine is read here, outside the GroupNorm's forward
+            return y * norm.weight[None, :, None] + norm.bias[None, :, None]
 
     def raw(self, x: torch.Tensor, continues: bool = False) -> torch.Tensor:
         """Untrimmed, un-normalised transposed conv of (B, L, C) -> (B, C', T_raw). ``continues`` appends a zero
@@ -257,6 +259,12 @@ class BaichuanAudioCode2WavPreTrainedModel(PreTrainedModel):
     # standalone key names (in the parent, its own "code2wav" pattern applies).
     _keep_in_fp32_modules_strict = [r"^(?:dequantizer|decoder|prenet|estimator|vocoder)\."]
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes: the device of its first weight, skipping weights that accelerate offloaded
+        (``device_map`` with "cpu" / "disk" entries; see :func:`.placement.module_device`)."""
+        return module_device(self)
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -293,6 +301,10 @@ class BaichuanAudioCode2Wav(BaichuanAudioCode2WavPreTrainedModel):
         self.estimator = BaichuanAudioFlowEstimator(config)
         self.vocoder = BaichuanAudioHiFTVocoder(config.vocoder_config)
         self.post_init()
+        # fp32 also when built under a bf16 default dtype (``from_pretrained(dtype=...)`` builds on the meta device):
+        # the weights that ``device_map`` offloads to disk keep the dtype of this meta instance (they are not cast
+        # by ``_keep_in_fp32_modules_strict``, which applies to the weights being loaded).
+        self.float()
 
     # ----------------------------------------------------------------------------------------------- inputs
     def check_codes(self, audio_codes) -> list[torch.Tensor]:

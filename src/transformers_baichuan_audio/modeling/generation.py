@@ -65,6 +65,7 @@ from .logits_process import (
     sampling_processors,
     select_tokens,
 )
+from .placement import module_device
 
 #: Defaults of the speech loop: the settings of the original speech-chat demo (reference section 11.2).
 #: The un-prefixed sampling settings are those of the FIRST text segment of an answer (and of ``"text"`` rows).
@@ -347,7 +348,7 @@ class BaichuanAudioGenerationMixin:
             raise TypeError(f"generate(output_audio=True) got unsupported arguments: {sorted(kwargs)}")
 
         cfg = self.config
-        device = self.lm_head.weight.device
+        device = module_device(self.lm_head, self)
         batch_size = len(tts_chunks) if input_ids is None and tts_chunks is not None else input_ids.shape[0]
         if input_ids is None:
             input_ids = torch.empty(batch_size, 0, dtype=torch.long, device=device)
@@ -508,7 +509,7 @@ class BaichuanAudioGenerationMixin:
     def _speech_audio_step(self, rows, active, hidden, audio_procs, ids, settings, generator, steps, streamer) -> None:
         if not active:
             return
-        head_device = self.audio_head.norm.weight.device
+        head_device = module_device(self.audio_head, self)
         num_codebooks = len(audio_procs)
         histories = _pad_frames([rows[r].frames for r in active], num_codebooks, head_device)
 
