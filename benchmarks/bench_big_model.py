@@ -16,9 +16,11 @@ Per mode: weights resident on the GPU after loading (``torch.cuda.memory_allocat
 and the peak (``torch.cuda.max_memory_allocated``, reset after loading) with a KV cache of ``--prompt-len`` +
 ``--frames`` positions. The last line is one JSON object with every mode's figures.
 
-Example (on a GPU; ``pip install bitsandbytes`` for the quantised modes)::
+Example (on a GPU; ``pip install bitsandbytes`` for the quantised modes; ``--estimate``: the weight bytes of each mode
+from the module shapes, on any machine)::
 
     python benchmarks/bench_big_model.py --modes bf16 4bit offload --frames 100
+    python benchmarks/bench_big_model.py --estimate
 """
 
 from __future__ import annotations
@@ -97,21 +99,58 @@ def tts(model, config, prompt_len: int, frames: int) -> dict:
     return {"frames": len(times), "audio_frames_per_s": rate, "first_frame_s": times[0] - t0 if times else None}
 
 
+#: bytes per weight of a bitsandbytes-quantised ``nn.Linear``: NF4 (two weights a byte) with nested quantisation
+#: (one 8-bit absmax per block of 64, one fp32 constant per 256 absmax values); LLM.int8() (a byte, and an fp32
+#: scale per output row, counted per weight in :func:`estimate`)
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+
+
+def estimate(meta_model) -> dict:
+    """Weight bytes (GiB) of each mode from the module shapes alone (cpu, nothing allocated): bf16 with code2wav and
+    the RVQ codebooks fp32 (as ``from_pretrained(dtype=torch.bfloat16)`` keeps them), and the 4-bit / 8-bit loads
+    of :func:`quantization_config_for` (quantised linears as above, the rest as in bf16). KV cache and activations
+    come on top (``generate_peak_gib`` of a GPU run)."""
+    fp32 = ("code2wav.", "model.audio_tokenizer.quantizer.")
+    bf16_bytes = {n: p.numel() * (4 if n.startswith(fp32) else 2) for n, p in meta_model.named_parameters()}
+    total = sum(bf16_bytes.values())
+    out = {"bf16_gib": total / GIB}
+    for bits in (4, 8):
+        names = quantized_module_names(meta_model, quantization_config_for(bits))
+        saved = 0.0
+        for name in names:
+            module = meta_model.get_submodule(name)
+            weights = module.weight.numel()
+            per_weight = NF4_BYTES if bits == 4 else 1 + 4 / module.in_features
+            saved += bf16_bytes[name + ".weight"] - weights * per_weight
+        out[f"{bits}bit_gib"] = (total - saved) / GIB
+    parts = ("model.language_model", "model.audio_tokenizer", "model.audio_embed", "lm_head", "audio_head", "code2wav")
+    out["bf16_parts_gib"] = {
+        part: sum(b for n, b in bf16_bytes.items() if n.startswith(part + ".")) / GIB for part in parts
+    }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--estimate", action="store_true", help="only the weight bytes per mode, from the shapes (cpu)")
     parser.add_argument("--modes", nargs="+", default=["bf16", "4bit", "8bit", "offload"])
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--gpu-budget-gib", type=float, default=12.0, help="max_memory of GPU 0 in the offload mode")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_big_model.py needs a CUDA GPU")
     config = BaichuanAudioConfig()
-    with torch.device("meta"):  # the module names only (what the quantisation config should replace)
+    with torch.device("meta"):  # module names and shapes only
         meta_model = BaichuanAudioForConditionalGeneration(config)
+    estimated = estimate(meta_model)
+    print(f"estimated weights: {json.dumps(estimated)}", flush=True)
+    if args.estimate:
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_big_model.py needs a CUDA GPU (--estimate runs anywhere)")
     t = time.perf_counter()
     state = random_state_dict(config)
-    results = {"device": torch.cuda.get_device_name(), "build_s": time.perf_counter() - t, "modes": {}}
+    results = {"device": torch.cuda.get_device_name(), "build_s": time.perf_counter() - t, "estimated": estimated}
+    results["modes"] = {}
     print(f"random real-size weights built in {results['build_s']:.1f} s", flush=True)
     for mode in args.modes:
         if mode in ("4bit", "8bit"):
