@@ -1,17 +1,30 @@
-"""Benchmark of streaming code2wav: time per streamed chunk, incremental path vs the prefix re-decode reference.
+"""Benchmark of streaming code2wav: time per streamed chunk for phrases of several lengths, streaming vs one-shot
+decode, first-chunk latency; the incremental path (default) and, optionally, the prefix re-decode reference.
 
-Random weights, ``--size small`` (the tiny test config, default) or ``real``. A phrase of ``--seconds`` of audio
-(12.5 code frames/s) is pushed frame by frame through ``streaming_decoder(incremental=...)`` for both paths, in the
-same run; each push that completes a 25-frame (2 s) chunk is timed (mel chunk + the vocoder's window), and the
-``finish`` call separately. Each path runs ``--repeats`` times, the minimum per chunk is reported. Reported:
+Random weights, ``--size small`` (the tiny test config, default) or ``real`` (the released code2wav's sizes,
+403 M parameters). For each phrase length of ``--seconds`` (default 4 8 16 32 s of audio, 12.5 code frames/s),
+random codes are pushed frame by frame through ``streaming_decoder(...)`` (as the generation loop pushes them) and
+each push that returns a chunk is timed (the mel of the completed U-Net chunk(s) + the vocoder's window), ``finish``
+separately; then the one-shot ``decode`` of the same phrase, in the same run. Each measurement is repeated
+``--repeats`` times (phrase lengths interleaved per repeat, so each sees the same machine load) and the minimum is
+reported. Per phrase:
 
-* per-chunk seconds of both paths, the last chunk / first chunk ratio of each (1.0 = constant cost per chunk;
-  the reference path grows with the prefix), the reference / incremental ratio per chunk and for the whole stream;
-* the one-shot ``decode`` of the same phrase, and stream total / one-shot for both paths.
+* ``chunk_seconds``: compute seconds of each returned chunk; ``last_over_first_chunk`` (1.0 = flat cost per chunk,
+  the target is <= 1.2 at 32 s), ``max_over_first_chunk`` and ``last_over_second_chunk`` (the first chunk vocodes
+  69 mel frames with no left context, the later ones 100 with context on both sides: from the second on, every
+  chunk does the same work);
+* ``first_chunk_seconds`` / ``first_chunk_after_frames`` / ``first_chunk_audio_seconds``: first-chunk latency,
+  compute only (in a live stream add the time to generate ``first_chunk_after_frames`` frames);
+* ``stream_seconds`` (every push + finish), ``stream_rtf`` (audio seconds per compute second: > 1 is faster than
+  real time), ``one_shot_seconds``, ``one_shot_rtf`` and ``stream_over_one_shot`` (target <= 1.2).
 
-The last line printed is one JSON object.
+``--first-chunk-frames N`` (N < 25) also times a stream whose first chunk is provisional (after N frames; see
+``modeling/code2wav_streaming.py``). ``--reference`` also times the prefix re-decode path (quadratic: slow at real
+size). The last line printed is one JSON object.
 
-    python benchmarks/bench_code2wav_streaming.py --seconds 16 --threads 1
+    python benchmarks/bench_code2wav_streaming.py --threads 1                       # small config, 4..32 s
+    python benchmarks/bench_code2wav_streaming.py --size real --threads 1 --repeats 1 --seconds 4 8 16 32
+    python benchmarks/bench_code2wav_streaming.py --size real --device cuda
 """
 
 from __future__ import annotations
@@ -32,10 +45,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def stream_times(model, codes, noise, steps, incremental, device):
-    """(seconds of each chunk-completing push, seconds of finish, total seconds) of one stream."""
-    stream = model.streaming_decoder(noise=noise, num_steps=steps, incremental=incremental)
-    chunk_s, total = [], 0.0
+def stream_times(model, codes, noise, steps, device, **decoder_kwargs):
+    """([(frames pushed, seconds, samples) of each push that returned a chunk], seconds of finish, total seconds)."""
+    stream = model.streaming_decoder(noise=noise, num_steps=steps, **decoder_kwargs)
+    chunks, total = [], 0.0
     for i in range(codes.shape[0]):
         _sync(device)
         start = time.perf_counter()
@@ -44,23 +57,54 @@ def stream_times(model, codes, noise, steps, incremental, device):
         elapsed = time.perf_counter() - start
         total += elapsed
         if out.numel():
-            chunk_s.append(elapsed)
+            chunks.append((i + 1, elapsed, out.numel()))
     _sync(device)
     start = time.perf_counter()
     stream.finish()
     _sync(device)
     finish_s = time.perf_counter() - start
-    return chunk_s, finish_s, total + finish_s
+    return chunks, finish_s, total + finish_s
+
+
+def one_shot_time(model, codes, noise, steps, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    model.decode(codes, noise=noise[..., : 4 * codes.shape[0] - 1], num_steps=steps)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def summarise(runs, sampling_rate: int, audio_seconds: float, one_shot_s: float) -> dict:
+    """Minimum over repeats of each chunk / finish / total, and the derived ratios."""
+    chunks = [min(r[0][i][1] for r in runs) for i in range(len(runs[0][0]))]
+    first_frames, _, first_samples = runs[0][0][0]
+    total = min(r[2] for r in runs)
+    return {
+        "chunk_seconds": [round(c, 4) for c in chunks],
+        "chunk_after_frames": [c[0] for c in runs[0][0]],
+        "first_chunk_seconds": round(chunks[0], 4),
+        "first_chunk_after_frames": first_frames,
+        "first_chunk_audio_seconds": round(first_samples / sampling_rate, 3),
+        "last_over_first_chunk": round(chunks[-1] / chunks[0], 3),
+        "max_over_first_chunk": round(max(chunks) / chunks[0], 3),
+        "last_over_second_chunk": round(chunks[-1] / chunks[1], 3) if len(chunks) > 2 else None,
+        "finish_seconds": round(min(r[1] for r in runs), 4),
+        "stream_seconds": round(total, 4),
+        "stream_rtf": round(audio_seconds / total, 3),
+        "stream_over_one_shot": round(total / one_shot_s, 3),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", choices=["small", "real"], default="small")
-    parser.add_argument("--seconds", type=float, default=16.0)
+    parser.add_argument("--seconds", type=float, nargs="+", default=[4.0, 8.0, 16.0, 32.0], help="phrase lengths")
     parser.add_argument("--steps", type=int, default=None, help="Euler steps (default: the config's 10)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--first-chunk-frames", type=int, default=None, help="also time a provisional first chunk")
+    parser.add_argument("--reference", action="store_true", help="also time the prefix re-decode reference path")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,27 +112,33 @@ def main() -> None:
     config = BaichuanAudioCode2WavConfig() if args.size == "real" else BaichuanAudioConfig.tiny().code2wav_config
     torch.manual_seed(0)
     model = BaichuanAudioCode2Wav(config).eval().to(device)
-    frames = max(1, round(args.seconds * 12.5))
-    g = torch.Generator().manual_seed(0)
-    codes = torch.stack([torch.randint(0, s, (frames,), generator=g) for s in config.codebook_sizes], dim=1).to(device)
-    noise = torch.randn(1, config.flow_matching_config.in_channels, 4 * frames, generator=g).to(device)
-    audio_seconds = (4 * frames - 1) * config.vocoder_config.hop_length / config.vocoder_config.sampling_rate
+    rate, hop = config.vocoder_config.sampling_rate, config.vocoder_config.hop_length
+    variants = {"incremental": {"incremental": True}}
+    if args.first_chunk_frames is not None:
+        variants["provisional_first"] = {"incremental": True, "first_chunk_frames": args.first_chunk_frames}
+    if args.reference:
+        variants["reference"] = {"incremental": False}
 
+    g = torch.Generator().manual_seed(0)
+    phrases = []
+    for seconds in args.seconds:
+        frames = max(1, round(seconds * 12.5))
+        codes = torch.stack([torch.randint(0, s, (frames,), generator=g) for s in config.codebook_sizes], dim=1)
+        noise = torch.randn(1, config.flow_matching_config.in_channels, 4 * frames, generator=g)
+        phrases.append((seconds, codes.to(device), noise.to(device), (4 * frames - 1) * hop / rate))
+
+    runs = {(p[0], name): [] for p in phrases for name in variants}
+    one_shot = {p[0]: [] for p in phrases}
     with torch.no_grad():
-        stream_times(model, codes[:50], noise, 1, True, device)  # warm-up (both paths share the modules)
-        stream_times(model, codes[:50], noise, 1, False, device)
-        runs = {"incremental": [], "reference": []}
-        for _ in range(args.repeats):  # interleaved, so both paths see the same machine load
-            for name in runs:
-                runs[name].append(stream_times(model, codes, noise, args.steps, name == "incremental", device))
-        one_shot = []
-        for _ in range(args.repeats):
-            _sync(device)
-            start = time.perf_counter()
-            model.decode(codes, noise=noise[..., : 4 * frames - 1], num_steps=args.steps)
-            _sync(device)
-            one_shot.append(time.perf_counter() - start)
-    decode_s = min(one_shot)
+        warm = phrases[0]
+        stream_times(model, warm[1][:26], warm[2], 1, device)  # warm-up: one chunk, one Euler step
+        one_shot_time(model, warm[1][:26], warm[2], 1, device)
+        for repeat in range(args.repeats):
+            for seconds, codes, noise, _ in phrases:
+                for name, kwargs in variants.items():
+                    runs[(seconds, name)].append(stream_times(model, codes, noise, args.steps, device, **kwargs))
+                one_shot[seconds].append(one_shot_time(model, codes, noise, args.steps, device))
+                print(f"  repeat {repeat + 1}/{args.repeats}: {seconds:g} s phrase done", flush=True)
 
     result = {
         "benchmark": "code2wav_streaming",
@@ -96,36 +146,33 @@ def main() -> None:
         "processor": platform.processor() or platform.machine(),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "size": args.size,
+        "parameters_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "threads": torch.get_num_threads(),
         "euler_steps": args.steps or config.flow_matching_config.diffusion_steps,
-        "frames": frames,
-        "audio_seconds": round(audio_seconds, 3),
         "repeats": args.repeats,
-        "one_shot_decode_seconds": round(decode_s, 4),
+        "phrases": [],
     }
-    per_chunk = {}
-    for name, rs in runs.items():
-        chunks = [min(r[0][i] for r in rs) for i in range(len(rs[0][0]))]
-        total = min(r[2] for r in rs)
-        per_chunk[name] = chunks
-        result[name] = {
-            "chunk_seconds": [round(c, 4) for c in chunks],
-            "finish_seconds": round(min(r[1] for r in rs), 4),
-            "last_over_first_chunk": round(chunks[-1] / chunks[0], 3),
-            "stream_seconds": round(total, 4),
-            "stream_over_one_shot": round(total / decode_s, 3),
+    for seconds, codes, _, audio_seconds in phrases:
+        decode_s = min(one_shot[seconds])
+        entry = {
+            "phrase_seconds": seconds,
+            "frames": codes.shape[0],
+            "audio_seconds": round(audio_seconds, 3),
+            "one_shot_seconds": round(decode_s, 4),
+            "one_shot_rtf": round(audio_seconds / decode_s, 3),
         }
-    ref, inc = per_chunk["reference"], per_chunk["incremental"]
-    result["reference_over_incremental_per_chunk"] = [round(r / i, 2) for r, i in zip(ref, inc, strict=True)]
-    result["reference_over_incremental_stream"] = round(
-        result["reference"]["stream_seconds"] / result["incremental"]["stream_seconds"], 3
-    )
-    for name in ("incremental", "reference"):
-        r = result[name]
-        print(
-            f"{name:11s}: chunks {r['chunk_seconds']} s, last/first {r['last_over_first_chunk']}, "
-            f"stream {r['stream_seconds']} s = {r['stream_over_one_shot']}x one-shot ({decode_s:.3f} s)"
-        )
+        for name in variants:
+            entry[name] = summarise(runs[(seconds, name)], rate, audio_seconds, decode_s)
+        result["phrases"].append(entry)
+        for name in variants:
+            r = entry[name]
+            print(
+                f"{seconds:5g} s {name:17s}: first chunk {r['first_chunk_seconds']} s after {r['first_chunk_after_frames']}"
+                f" frames ({r['first_chunk_audio_seconds']} s audio); chunks {r['chunk_seconds']} s; last/first "
+                f"{r['last_over_first_chunk']}, max/first {r['max_over_first_chunk']}; stream {r['stream_seconds']} s"
+                f" (RTF {r['stream_rtf']}) = {r['stream_over_one_shot']}x one-shot {decode_s:.3f} s"
+                f" (RTF {entry['one_shot_rtf']})"
+            )
     print(json.dumps(result))
 
 

@@ -278,3 +278,66 @@ def test_incremental_needs_a_one_level_unet():
     assert not model.streaming_decoder().incremental  # default falls back to the reference path
     with pytest.raises(ValueError, match="incremental=False"):
         model.streaming_decoder(incremental=True)
+
+
+# ------------------------------------------------------------------------------------------------ chunk schedule
+
+
+@pytest.fixture(scope="module")
+def tiny_phrase(tiny_model):
+    """124 random frames on the random tiny model and the default streams of them (first chunk after 25 frames) on
+    the incremental (True) and reference (False) paths."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.stack([torch.randint(0, s, (124,), generator=g) for s in tiny_model.config.codebook_sizes], dim=1)
+    noise, draws = _inputs(tiny_model, codes)
+    one_shot = tiny_model.decode(codes, noise=noise, draws=[draws], num_steps=STEPS)
+    defaults = {path: _stream(tiny_model, codes, noise, draws, incremental=path) for path in (True, False)}
+    return codes, noise, draws, one_shot, defaults
+
+
+@pytest.mark.parametrize(
+    ("incremental", "first", "later", "returns_at"),
+    [
+        (True, 8, 25, [8, 25, 50, 75, 100]),  # the smallest provisional first chunk, then every U-Net chunk
+        (False, 8, 25, [8, 25, 50, 75, 100]),  # the same on the reference path
+        (True, 12, 50, [12, 50, 100]),  # provisional, then larger chunks
+        (True, 50, 25, [50, 75, 100]),  # a first chunk of two U-Net chunks
+    ],
+)
+def test_chunk_schedule(tiny_model, tiny_phrase, incremental, first, later, returns_at):
+    """Chunks come exactly at the scheduled frame counts, nothing is inserted (the stream's length is the one-shot
+    decode's), and only a provisional first chunk changes the mel (its frames already vocoded); every later mel frame
+    is the default stream's, bit for bit. Samples: a chunk ends ``lookahead_frames`` (31) mel frames before the mel
+    decoded so far (the vocoder's right context)."""
+    codes, noise, draws, one_shot, defaults = tiny_phrase
+    default, default_chunks = defaults[incremental]
+    stream = tiny_model.streaming_decoder(
+        noise=noise,
+        draws=draws,
+        num_steps=STEPS,
+        incremental=incremental,
+        first_chunk_frames=first,
+        chunk_frames=later,
+    )
+    chunks = [stream.push(codes[i : i + 1]) for i in range(codes.shape[0])]
+    chunks.append(stream.finish())
+    assert [i + 1 for i, c in enumerate(chunks[:-1]) if c.numel()] == returns_at
+    assert sum(c.numel() for c in chunks) == one_shot.audio_values[0].numel() == (4 * 124 - 1) * 480
+    hop, lookahead = stream.hop, stream.lookahead_frames
+    assert lookahead == 31 and stream.min_first_chunk_frames == 8
+    assert chunks[first - 1].numel() == (4 * first - lookahead) * hop
+    emitted = chunks[first - 1].numel() // hop if first < 25 else 0
+    assert torch.equal(stream.mel[..., emitted:], default.mel[..., emitted:])
+    if emitted:  # the provisional frames: attention over `first` frames instead of the whole U-Net chunk
+        assert (stream.mel[..., :emitted] - default.mel[..., :emitted]).abs().max() > 1e-5  # 20x roundoff
+    else:  # same mel, other vocoder windows: the same samples up to roundoff (measured 0 / 3e-7)
+        assert (torch.cat(chunks) - torch.cat(default_chunks)).abs().max() <= 1e-5
+
+
+def test_chunk_schedule_errors(tiny_model):
+    for kwargs in ({"first_chunk_frames": 7}, {"first_chunk_frames": 30}, {"first_chunk_frames": True}):
+        with pytest.raises(ValueError, match="first_chunk_frames"):
+            tiny_model.streaming_decoder(**kwargs)
+    for later in (0, 30, 12.5):
+        with pytest.raises(ValueError, match="chunk_frames must be a positive multiple of 25"):
+            tiny_model.streaming_decoder(chunk_frames=later)
