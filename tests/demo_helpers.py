@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import numpy as np
 import soundfile as sf
@@ -25,3 +27,36 @@ def write_tone(path, seconds: float = 2.0, rate: int = 16000, amplitude: float =
     wave = amplitude * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 2 * t)
     sf.write(str(path), wave.astype(np.float32), rate, subtype="PCM_16")
     return str(path)
+
+
+@contextlib.contextmanager
+def generation_paused_after(model, frames: int, until: threading.Event, timeout: float = 20.0):
+    """While active, ``model.generate`` pauses right after handing its ``frames``-th audio frame to the streamer,
+    until ``until`` is set (at most ``timeout`` s). Yields a state dict: ``frames`` (handed over so far), ``paused``
+    (waiting now), ``done`` (generate returned), ``resumed_by_event`` (the pause ended because ``until`` was set)."""
+    original = model.generate
+    state = {"frames": 0, "paused": False, "done": False, "resumed_by_event": None}
+
+    def generate(*args, streamer=None, **kwargs):
+        if streamer is not None:
+            put_audio = streamer.put_audio
+
+            def counted(row, codes):
+                put_audio(row, codes)
+                state["frames"] += codes.shape[0]
+                if state["frames"] == frames:
+                    state["paused"] = True
+                    state["resumed_by_event"] = until.wait(timeout)
+                    state["paused"] = False
+
+            streamer.put_audio = counted
+        try:
+            return original(*args, streamer=streamer, **kwargs)
+        finally:
+            state["done"] = True
+
+    model.generate = generate
+    try:
+        yield state
+    finally:
+        del model.generate  # back to the class's method

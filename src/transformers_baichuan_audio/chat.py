@@ -8,12 +8,19 @@ are the base-model ASR / TTS prompts. :func:`load_user_audio` / :func:`check_tex
 (:class:`AudioInputError`, a user-facing message); :func:`speech_chat_from_args` builds a :class:`SpeechChat` from the
 model options shared by the command line and the app (:func:`.loading.add_model_arguments`).
 
-Audio streaming. Speech is decoded phrase by phrase with the code2wav streaming decoder (a chunk per 25 code
-frames) as the codes are generated; phrases are joined with the same 240-sample overlapping cross-fade as
-``model.decode_audio_segments`` (no sample added; the stream is held back by those 240 samples, 10 ms). A phrase
-that ends at its first frame (end-of-audio first) adds nothing. The decoder's random draws come from a generator
-seeded per turn (``seed``), so the streamed chunks concatenate to exactly :meth:`SpeechChat.decode_answer` of the
-final codes.
+Audio streaming. Speech is decoded phrase by phrase with the code2wav streaming decoder as the codes are generated
+(each frame is pushed as the generation loop emits it; the decoder runs in the consuming thread, so generation goes
+on meanwhile) and every chunk it returns is yielded at once. Chunk schedule (``first_chunk_frames`` /
+``chunk_frames``, see ``modeling/code2wav_streaming.py``): by default a chunk per 25 code frames (2 s of speech: the
+U-Net's attention chunk, the earliest exact one; the first chunk holds 69 mel frames = 1.38 s, the vocoder's 31-frame
+lookahead waits for the next); ``first_chunk_frames`` 8..24 gives a provisional first chunk after that many frames.
+Within a phrase the chunks concatenate to exactly the phrase's length (``(4 * frames - 1) * 480`` samples, as the
+one-shot decode; no cross-fade, the vocoder windows overlap by its receptive field only). Phrases are joined with the
+same 240-sample overlapping cross-fade as ``model.decode_audio_segments`` (no sample added: the answer has the sum
+of the phrase lengths minus 240 per junction of two phrases longer than 240 samples; the stream is held back by
+those 240 samples, 10 ms). A phrase that ends at its first frame (end-of-audio first) adds nothing. The decoder's
+random draws come from a generator seeded per turn (``seed``), so the streamed chunks concatenate to exactly
+:meth:`SpeechChat.decode_answer` of the final codes.
 
 History. The conversation is passed in and returned as processor messages (no state in the engine); the assistant's
 speech is kept as its generated CODES (``processor.to_assistant_message``), never as waveforms, and fed back without
@@ -268,14 +275,32 @@ class SpeechChat:
         generation_kwargs: extra ``generate`` arguments (sampling settings, caps; e.g. ``do_sample=False``).
         seed: seed of the sampling and of the code2wav draws of every turn (reproducible answers).
         limits: :class:`InputLimits` of user audio.
+        first_chunk_frames, chunk_frames: the chunk schedule of the streamed speech (the code2wav streaming
+            decoder's arguments; None: its defaults, a chunk per 25 frames). Checked here (``ValueError``).
     """
 
-    def __init__(self, model, processor, generation_kwargs: dict | None = None, seed: int = 0, limits=None):
+    def __init__(
+        self,
+        model,
+        processor,
+        generation_kwargs: dict | None = None,
+        seed: int = 0,
+        limits=None,
+        first_chunk_frames: int | None = None,
+        chunk_frames: int | None = None,
+    ):
         self.model = model
         self.processor = processor
         self.generation_kwargs = dict(generation_kwargs or {})
         self.seed = seed
         self.limits = limits or InputLimits()
+        self.schedule = {
+            k: v
+            for k, v in (("first_chunk_frames", first_chunk_frames), ("chunk_frames", chunk_frames))
+            if v is not None
+        }
+        if self.schedule and self.can_speak:
+            model.code2wav.streaming_decoder(**self.schedule)  # ValueError on a schedule the model cannot follow
 
     @property
     def can_speak(self) -> bool:
@@ -339,7 +364,7 @@ class SpeechChat:
 
     def _decoder_kwargs(self) -> dict:
         device = self.model.code2wav.device
-        return {"generator": torch.Generator(device=device).manual_seed(self.seed + 1)}
+        return {"generator": torch.Generator(device=device).manual_seed(self.seed + 1), **self.schedule}
 
     def _assistant_message(self, out, prompt_length: int) -> tuple[dict, str]:
         row = out.sequences[0, : int(out.sequence_lengths[0])]
@@ -430,8 +455,9 @@ class SpeechChat:
             if segment.shape[0] == 0:
                 continue
             decoder = self.model.code2wav.streaming_decoder(**kwargs)
-            first = decoder.push(segment.to(self.model.code2wav.device))
-            waves.append(torch.cat([first, decoder.finish()]).detach().float().cpu())
+            frames = segment.to(self.model.code2wav.device)
+            pieces = [decoder.push(frames[i : i + 1]) for i in range(frames.shape[0])]  # frame by frame, as streamed
+            waves.append(torch.cat([*pieces, decoder.finish()]).detach().float().cpu())
         return join_waveforms(waves, CROSSFADE) if waves else None
 
     # ------------------------------------------------------------------------------------------ base tasks
@@ -482,7 +508,12 @@ def speech_chat_from_args(args: argparse.Namespace) -> SpeechChat:
         kwargs["do_sample"] = False
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
-    return SpeechChat(model, processor, kwargs, seed=args.seed)
+    try:
+        return SpeechChat(
+            model, processor, kwargs, seed=args.seed, first_chunk_frames=getattr(args, "first_chunk_frames", None)
+        )
+    except ValueError as err:
+        raise SystemExit(f"--first-chunk-frames: {err}") from err
 
 
 #: Errors of bad input that the front ends report as a message (the CLI: ``error: ...``, exit status 2).

@@ -3,7 +3,8 @@
 Sub-commands: ``convert`` (original checkpoint -> this layout), ``check-parity`` (run every stage of a reference
 fixture directory and compare with the original implementation's outputs), ``demo`` (the Gradio voice chat on
 127.0.0.1), ``chat`` (one spoken or typed turn: text streamed to the terminal, the spoken answer to a wav file),
-``asr``, ``tts`` (base-model prompts) and ``bench`` (runs the scripts under ``benchmarks/``). Every sub-command has
+``asr``, ``tts`` (base-model prompts), ``serve`` (the OpenAI-compatible HTTP API on 127.0.0.1) and ``bench`` (runs
+the scripts under ``benchmarks/``). Every sub-command has
 ``--help``.
 
 ``--model`` (demo/chat/asr/tts) takes a converted directory, an original-layout directory (converted on the fly; the
@@ -18,6 +19,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .loading import DEFAULT_MODEL, add_model_arguments, positive_int  # noqa: F401  (DEFAULT_MODEL: re-exported)
@@ -59,6 +61,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serving.cli import run  # FastAPI + uvicorn, imported only here
+
+    return run(args)
+
+
 def _record(seconds: float) -> tuple[int, object]:
     try:
         import sounddevice
@@ -90,22 +98,38 @@ def _reported(command):
 def _cmd_chat(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .processing.audio_io import check_output_path, save_wav
+    from .processing.audio_io import OutputPathError, check_output_path, save_wav
 
     if not (args.audio or args.text or args.record):
         raise SystemExit("chat: give --audio FILE, --record SECONDS and/or --text TEXT")
+    chunks_dir = Path(args.stream_chunks) if args.stream_chunks and not args.no_speech else None
     if not args.no_speech:
         check_output_path(args.out)  # before loading the model and generating
+    if chunks_dir is not None:
+        try:
+            chunks_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputPathError(f"--stream-chunks {chunks_dir}: cannot create the directory ({err})") from err
+        check_output_path(chunks_dir / "chunk_0000.wav")
     chat = _speech_chat(args)
     audio = _record(args.record) if args.record else args.audio
     user = chat.user_message(audio, args.text)
     speak = not args.no_speech and chat.can_speak
     pieces = []
+    start = time.perf_counter()
     for event in chat.stream_turn([user], voice=args.voice, speak=speak):
         if event.kind == "text":
             print(event.text, end="", flush=True)
         elif event.kind == "audio":
             pieces.append(event.audio.numpy())
+            if chunks_dir is not None:  # each chunk as it comes: a wav file and a line on stderr
+                path = chunks_dir / f"chunk_{len(pieces) - 1:04d}.wav"
+                save_wav(str(path), pieces[-1])
+                seconds = pieces[-1].shape[0] / 24000
+                elapsed = time.perf_counter() - start
+                print(
+                    f"\n[audio chunk {len(pieces) - 1}: {seconds:.2f} s at {elapsed:.2f} s -> {path}]", file=sys.stderr
+                )
     print()
     if speak and pieces:
         wave = np.concatenate(pieces)
@@ -202,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--voice", default=None, help="voice name of the system prompt (default: the released one)")
     p.add_argument("--no-speech", action="store_true", help="answer in text only")
+    p.add_argument(
+        "--stream-chunks",
+        metavar="DIR",
+        help="also write each spoken chunk as it is decoded (DIR/chunk_0000.wav, ...; a line per chunk on stderr)",
+    )
     p.set_defaults(func=_reported(_cmd_chat))
 
     p = sub.add_parser("asr", help="transcribe a speech file (base-model ASR prompt)")
@@ -215,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-file", help="read the text from this UTF-8 file")
     p.add_argument("--out", default="speech.wav", help="output file (24 kHz; .wav, .flac or .ogg; checked first)")
     p.set_defaults(func=_reported(_cmd_tts))
+
+    from .evaluation import cli as evaluation_cli  # argparse only at import; the work is imported when it runs
+
+    p = sub.add_parser("eval", help="evaluate on a dataset: asr (WER/CER), spoken-qa, consistency, latency")
+    evaluation_cli.add_arguments(p)
+    p.set_defaults(func=evaluation_cli.run)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API (speech chat, transcriptions, speech) on 127.0.0.1")
+    from .serving.cli import add_arguments as add_serve_arguments  # options only (no torch / FastAPI import)
+
+    add_serve_arguments(p)
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bench", help="run the benchmark scripts under benchmarks/ (source checkout)")
     p.add_argument("names", nargs="*", help="benchmarks to run (default: all), e.g. audio_tokenizer")

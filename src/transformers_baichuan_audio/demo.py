@@ -61,6 +61,7 @@ def make_demo(
     seed: int = 0,
     notice: str | None = None,
     stream_audio: bool | None = None,
+    first_chunk_frames: int | None = None,
 ):
     """Build the Gradio app (``gr.Blocks``); nothing is launched. Tabs: speech chat, ASR, TTS.
 
@@ -69,11 +70,15 @@ def make_demo(
 
     ``notice`` is shown at the top (e.g. that a random model produces noise). ``stream_audio``: stream the answer's
     audio chunk by chunk (needs ``ffmpeg``, which Gradio uses to re-encode streamed audio; default: when it is
-    installed), else the whole answer's audio is sent once the turn ends.
+    installed), else the whole answer's audio is sent once the turn ends; each chunk is yielded as soon as the
+    code2wav streaming decoder returns it, while the answer is still being generated. ``first_chunk_frames``: the
+    speech chunk schedule (:class:`~.chat.SpeechChat`).
     """
     import gradio as gr
 
-    chat = SpeechChat(model, processor, generation_kwargs, seed=seed, limits=limits)
+    chat = SpeechChat(
+        model, processor, generation_kwargs, seed=seed, limits=limits, first_chunk_frames=first_chunk_frames
+    )
     if stream_audio is None:
         stream_audio = shutil.which("ffmpeg") is not None
     stops: dict[str, threading.Event] = {}  # the running turn of each session (keyed by Gradio's session hash)
@@ -266,7 +271,14 @@ def serve(args: argparse.Namespace) -> int:
 
     chat = speech_chat_from_args(args)
     notice = NOISE_NOTICE if args.model == TINY_RANDOM else None
-    demo = make_demo(chat.model, chat.processor, chat.generation_kwargs, seed=args.seed, notice=notice)
+    demo = make_demo(
+        chat.model,
+        chat.processor,
+        chat.generation_kwargs,
+        seed=args.seed,
+        notice=notice,
+        first_chunk_frames=chat.schedule.get("first_chunk_frames"),
+    )
     launch(demo, host=args.host, port=args.port)
     return 0
 

@@ -123,6 +123,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-new-tokens", type=positive_int, help="cap of text-only answers and transcripts (tokens, > 0)"
     )
+    parser.add_argument(
+        "--first-chunk-frames",
+        type=positive_int,
+        help="streamed speech: code frames before a phrase's first audio chunk (default 25, the first exact chunk; "
+        "8..24: a provisional, approximate first chunk, sooner)",
+    )
 
 
 __all__ = [

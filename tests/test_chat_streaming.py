@@ -1,0 +1,96 @@
+"""Speech streamed while it is generated: the chat engine yields a phrase's first audio chunk while ``generate`` is
+still running (the chunk schedule of the code2wav streaming decoder), and ``baichuan-audio chat --stream-chunks``
+writes the chunks as they come.
+
+How "while it is still running" is made deterministic: ``generate`` is wrapped so that, right after the frame that
+completes the first chunk (frame 25 by default, ``first_chunk_frames`` otherwise) has been handed to the streamer,
+the generation thread waits (up to 20 s) until the consumer has received an audio event. An engine that held the
+audio back until generation ended would make that wait time out and the audio would come after generation ended;
+the test asserts the opposite: the audio came while generation was paused, after exactly that many frames.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from demo_helpers import GREEDY, generation_paused_after, tiny_model_and_processor
+
+from transformers_baichuan_audio import cli, tiny_random
+from transformers_baichuan_audio.chat import SpeechChat
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model_and_processor()
+
+
+def _gated_turn(chat: SpeechChat, gate_after: int):
+    """One spoken turn with ``generate`` paused after ``gate_after`` audio frames until audio has arrived: (events,
+    record) with ``frames_at_first_audio``, ``generation_done_at_first_audio``, ``resumed_by_audio`` and
+    ``text_events_after_first_audio``."""
+    audio_seen = threading.Event()
+    events, record = [], {"text_events_after_first_audio": 0}
+    with generation_paused_after(chat.model, gate_after, audio_seen) as state:
+        for event in chat.stream_turn([chat.user_message(text="hello")]):
+            if event.kind == "audio" and not audio_seen.is_set():
+                record["frames_at_first_audio"] = state["frames"]
+                record["generation_done_at_first_audio"] = state["done"]
+                audio_seen.set()
+            elif event.kind == "text" and audio_seen.is_set():
+                record["text_events_after_first_audio"] += 1
+            events.append(event)
+    record["resumed_by_audio"] = state["resumed_by_event"]
+    return events, record
+
+
+@pytest.mark.parametrize("first_chunk_frames", [None, 10])
+def test_first_audio_arrives_while_the_answer_is_generated(tiny, first_chunk_frames):
+    """The tiny model answers text, a 27-frame phrase, more text, a second phrase, more text (greedy). Default
+    schedule: the first audio after 25 frames, before the phrase (and the turn) ended; with a provisional first chunk
+    after 10 frames. Either way the streamed chunks concatenate to ``decode_answer`` of the final codes (same
+    schedule), and to the one-shot phrase lengths minus the 240-sample cross-fade per junction (nothing inserted)."""
+    chat = SpeechChat(*tiny, GREEDY, first_chunk_frames=first_chunk_frames)
+    expected_frames = first_chunk_frames or 25
+    events, record = _gated_turn(chat, expected_frames)
+    assert record["resumed_by_audio"] is True  # generation was paused when the first audio arrived
+    assert record["generation_done_at_first_audio"] is False
+    assert record["frames_at_first_audio"] == expected_frames
+    assert record["text_events_after_first_audio"] > 0  # text still streamed after the first audio
+    kinds = [e.kind for e in events]
+    assert kinds.index("audio") < max(i for i, k in enumerate(kinds) if k == "text")
+    done = events[-1]
+    assert done.kind == "done" and not done.stopped
+    streamed = torch.cat([e.audio for e in events if e.kind == "audio"])
+    assert torch.equal(streamed, chat.decode_answer(done.codes))
+    phrases = [c.shape[0] for c in done.codes if c.shape[0]]
+    assert len(phrases) == 2
+    assert streamed.numel() == sum((4 * n - 1) * 480 for n in phrases) - 240
+    first = next(e.audio for e in events if e.kind == "audio")
+    # the first chunk: (4 * frames - 31) mel frames of 480 samples, less the 240 held back for a cross-fade
+    assert first.numel() == (4 * expected_frames - 31) * 480 - 240
+
+
+def test_schedule_is_checked_up_front(tiny):
+    with pytest.raises(ValueError, match="first_chunk_frames must be an int >= 8"):
+        SpeechChat(*tiny, GREEDY, first_chunk_frames=5)
+
+
+def test_cli_chat_stream_chunks(tiny, tmp_path, capsys, monkeypatch):
+    """``chat --stream-chunks DIR``: one wav per streamed chunk and one stderr line each; together they are the
+    answer's wav (the same 16-bit samples). A bad ``--first-chunk-frames`` is a one-line error, no traceback."""
+    monkeypatch.setattr(tiny_random, "build_tiny_random", lambda seed=0, dtype=None: tiny)
+    out, chunks = tmp_path / "answer.wav", tmp_path / "chunks"
+    args = ["chat", "--model", "tiny-random", "--greedy", "--text", "hello", "--out", str(out)]
+    assert cli.main([*args, "--stream-chunks", str(chunks)]) == 0
+    err = capsys.readouterr().err
+    files = sorted(chunks.glob("chunk_*.wav"))
+    assert len(files) >= 3 and err.count("[audio chunk ") == len(files)
+    pieces = [sf.read(f, dtype="int16")[0] for f in files]
+    whole, rate = sf.read(out, dtype="int16")
+    assert rate == 24000 and np.array_equal(np.concatenate(pieces), whole)
+    with pytest.raises(SystemExit, match="--first-chunk-frames: first_chunk_frames must be an int >= 8"):
+        cli.main([*args, "--first-chunk-frames", "5"])
