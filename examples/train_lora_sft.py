@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from transformers_baichuan_audio.loading import load_model_and_processor
 from transformers_baichuan_audio.training import BaichuanAudioCollator, lora_sft_config
+from transformers_baichuan_audio.training.distributed import save_trained_model
 from transformers_baichuan_audio.training.recipes import load_lora
 from transformers_baichuan_audio.training.scripts import load_rows, training_argument_parser
 from transformers_baichuan_audio.training.trainer import BaichuanAudioSFTConfig, BaichuanAudioSFTTrainer
@@ -90,8 +91,8 @@ def main(argv=None):
             num_codebooks=config.num_codebooks,
         ),
     )
-    trainer.train()
-    trainer.save_model(sft_args.output_dir)  # the adapter + the saved modules (audio head ...)
+    trainer.train(resume_from_checkpoint=sft_args.resume_from_checkpoint)
+    save_trained_model(trainer, sft_args.output_dir)  # the adapter + the saved modules (audio head ...); FSDP too
     return trainer
 
 

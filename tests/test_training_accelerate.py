@@ -37,12 +37,13 @@ open(os.path.join(out, f"rank{rank}.txt"), "w").write(digest.hexdigest())
 """
 
 
-def write_rows(path: Path, n=4):
+def write_rows(path: Path, n=4, frames=None):
+    """SFT rows with text and spoken codes; ``frames``: audio frames per row (default 2 or 3, alternating)."""
     g = torch.Generator().manual_seed(0)
     with open(path, "w") as f:
         for i in range(n):
             codes = torch.stack(
-                [torch.randint(0, s, (2 + i % 2,), generator=g) for s in TINY_TRAINING_CODEBOOK_SIZES], 1
+                [torch.randint(0, s, (frames or 2 + i % 2,), generator=g) for s in TINY_TRAINING_CODEBOOK_SIZES], 1
             )
             row = {
                 "task": "sft",

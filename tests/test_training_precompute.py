@@ -50,6 +50,9 @@ class Interrupting:
     def __init__(self, rows, stop):
         self.rows, self.stop = rows, stop
 
+    def __len__(self):
+        return len(self.rows)
+
     def __iter__(self):
         for i, row in enumerate(self.rows):
             if i == self.stop:
@@ -107,3 +110,30 @@ def test_resume_after_interruptions(tmp_path, audio_tokenizer, monkeypatch):
     # 4) the pre-computed rows feed the collator directly (codes, no waveform)
     batch = BaichuanAudioCollator(tiny_random_processor(), audio_tokenizer.config.codebook_sizes)(result[:3])
     assert "audio_codes" in batch and "input_features" not in batch
+
+
+def test_sharded_across_ranks_resume_and_merge(tmp_path, audio_tokenizer):
+    """Two ranks (run here one after the other, as ``accelerate launch`` would run them side by side): each encodes
+    its block, rank 1 is interrupted and resumed, and the merged manifest reads back as the one-process result."""
+    rows = make_rows(7)
+    out = tmp_path / "codes"
+    kwargs = dict(output_dir=out, world_size=2, batch_size=2, shard_size=2, progress=False)
+    assert [pc.shard_bounds(7, r, 2) for r in range(2)] == [(0, 3), (3, 7)]
+    pc.precompute_audio_codes_shard(rows, audio_tokenizer, rank=0, **kwargs)
+    with pytest.raises(KeyboardInterrupt):  # rank 1 stops while reading its 3rd row (global row 5)
+        pc.precompute_audio_codes_shard(Interrupting(rows, 5), audio_tokenizer, rank=1, **kwargs)
+    with pytest.raises(ValueError, match="rank 1 is unfinished"):
+        pc.merge_shard_manifests(out, 2)
+    assert pc._read_manifest(out / pc.rank_dir_name(1, 2))["rows_done"] == 2  # its first shard (rows 3-4) is kept
+    pc.precompute_audio_codes_shard(rows, audio_tokenizer, rank=1, **kwargs)
+    manifest = pc.merge_shard_manifests(out, 2)
+    assert manifest["complete"] and manifest["rows_done"] == 7
+    assert [s["start"] for s in manifest["shards"]] == [0, 2, 3, 5]
+    assert pc.read_precomputed(out) == expected_rows(rows, audio_tokenizer)  # in order, each row once
+    from transformers_baichuan_audio.training.scripts import load_rows
+
+    assert len(load_rows(str(out))) == 7  # trains like a one-process output
+    with pytest.raises(ValueError, match="started with 2 processes"):
+        pc.precompute_audio_codes_shard(rows, audio_tokenizer, rank=0, **{**kwargs, "world_size": 3})
+    with pytest.raises(TypeError, match="length"):
+        pc.precompute_audio_codes_shard(iter(rows), audio_tokenizer, rank=0, **kwargs)

@@ -235,6 +235,11 @@ class BaichuanAudioForConditionalGeneration(
     prompt); interleaved audio output is produced by the dedicated audio generation loop.
     """
 
+    # Trainer: both losses are means over the micro-batch, so Trainer divides by the accumulation steps and DDP /
+    # FSDP average over ranks. Were it True, Trainer would pass a global ``num_items_in_batch`` that only the text
+    # loss can use and multiply the loss by the number of processes: the audio loss would grow with them.
+    accepts_loss_kwargs = False
+
     def __init__(self, config: BaichuanAudioConfig):
         super().__init__(config)
         self.model = BaichuanAudioModel(config)

@@ -15,6 +15,14 @@ step atomic). A run that is interrupted (crash, Ctrl-C, pre-emption) leaves at m
 next run with the same arguments reads the manifest, skips the ``rows_done`` rows already written and continues, so no
 row is duplicated or lost. Load the result with ``datasets.load_dataset("json", data_files=f"{output_dir}/shard-*.jsonl")``
 or :func:`read_precomputed`.
+
+Several processes (``accelerate launch examples/precompute_codes.py``, or any ``rank`` / ``world_size``):
+:func:`precompute_audio_codes_shard` gives rank ``r`` of ``W`` the contiguous block of rows
+``[r * N // W, (r + 1) * N // W)`` and writes it, resumable as above, to ``output_dir/rank-0000r-of-0000W/``; once
+every rank has finished, :func:`merge_shard_manifests` (rank 0) writes ONE ``output_dir/manifest.json`` that lists
+all ranks' shards in row order (``"file": "rank-00000-of-00002/shard-00000.jsonl"``), so the directory trains like a
+one-process output. Re-running with the same ``W`` resumes every rank; another ``W`` on a started directory is an
+error (the blocks would differ).
 """
 
 from __future__ import annotations
@@ -164,4 +172,87 @@ def read_precomputed(output_dir: str | os.PathLike) -> list[dict]:
     return rows
 
 
-__all__ = ["precompute_audio_codes", "encode_rows", "read_precomputed", "MANIFEST"]
+def rank_dir_name(rank: int, world_size: int) -> str:
+    """``rank-0000r-of-0000W``: the folder of one rank's shards."""
+    return f"rank-{rank:05d}-of-{world_size:05d}"
+
+
+def _check_world_size(out: Path, world_size: int) -> None:
+    others = sorted({p.name.split("-of-")[1] for p in out.glob("rank-*-of-*") if p.is_dir()} - {f"{world_size:05d}"})
+    if others:
+        raise ValueError(
+            f"{out} was started with {int(others[0])} processes, now {world_size}: resume with the same number of "
+            "processes (the row blocks depend on it) or use a new output directory"
+        )
+    root = _read_manifest(out)
+    if root["rows_done"] and "world_size" not in root:
+        raise ValueError(f"{out} holds a one-process pre-computation; resume it with one process")
+
+
+def shard_bounds(num_rows: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of ``rank`` among ``world_size`` contiguous blocks (sizes differ by at most one)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    return rank * num_rows // world_size, (rank + 1) * num_rows // world_size
+
+
+def precompute_audio_codes_shard(
+    rows,
+    audio_tokenizer,
+    output_dir: str | os.PathLike,
+    rank: int,
+    world_size: int,
+    **kwargs,
+) -> dict:
+    """:func:`precompute_audio_codes` of rank ``rank``'s block of ``rows`` (which must have a length: a list or a
+    ``datasets.Dataset``) into ``output_dir/`` :func:`rank_dir_name`; resumable per rank. ``kwargs`` go to
+    :func:`precompute_audio_codes`. Returns the rank's manifest (with its global ``start`` and ``stop``)."""
+    import itertools
+
+    if not hasattr(rows, "__len__"):
+        raise TypeError("sharded pre-computation needs rows with a length (a list or a datasets.Dataset)")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_world_size(out, world_size)
+    start, stop = shard_bounds(len(rows), rank, world_size)
+    block = rows.select(range(start, stop)) if hasattr(rows, "select") else itertools.islice(rows, start, stop)
+    manifest = precompute_audio_codes(block, audio_tokenizer, out / rank_dir_name(rank, world_size),
+                                      total=stop - start, **kwargs)  # fmt: skip
+    manifest.update(start=start, stop=stop)
+    _write_atomic(out / rank_dir_name(rank, world_size) / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def merge_shard_manifests(output_dir: str | os.PathLike, world_size: int) -> dict:
+    """Write ``output_dir/manifest.json`` listing the shards of all ``world_size`` ranks in row order (run once,
+    after every rank finished). ``ValueError`` when a rank is missing or unfinished (resume it first) or the blocks
+    do not join up."""
+    out = Path(output_dir)
+    shards, done = [], 0
+    for rank in range(world_size):
+        name = rank_dir_name(rank, world_size)
+        if not (out / name / MANIFEST).exists():
+            raise ValueError(f"rank {rank} has written nothing under {out / name}: run it before merging")
+        part = _read_manifest(out / name)
+        if not part.get("complete") or part["rows_done"] != part["stop"] - part["start"]:
+            raise ValueError(f"rank {rank} is unfinished ({part['rows_done']} rows done): resume it before merging")
+        if part["start"] != done:
+            raise ValueError(f"rank {rank} starts at row {part['start']}, expected {done}")
+        for shard in part["shards"]:
+            shards.append({"file": f"{name}/{shard['file']}", "start": done + shard["start"], "rows": shard["rows"]})
+        done += part["rows_done"]
+    manifest = {"rows_done": done, "shards": shards, "world_size": world_size, "complete": True}
+    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
+
+
+__all__ = [
+    "MANIFEST",
+    "encode_rows",
+    "merge_shard_manifests",
+    "precompute_audio_codes",
+    "precompute_audio_codes_shard",
+    "rank_dir_name",
+    "read_precomputed",
+    "shard_bounds",
+]

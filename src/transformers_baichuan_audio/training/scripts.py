@@ -24,6 +24,20 @@ def load_rows(path: str):
     return Dataset.from_list(json.loads(p.read_text()))
 
 
+def training_rows(path: str, streaming: bool = False, task_weights: str | None = None, seed: int = 0):
+    """The training examples' ``--dataset``: :func:`load_rows` (whole, in memory), or with ``streaming`` a lazily
+    read ``datasets.IterableDataset`` (:func:`.corpora.stream_rows`; ``Trainer`` then needs ``--max_steps``), or
+    with ``task_weights`` (``"asr=0.3,tts=0.7"`` or ``"paper"``) the seeded task mix of the rows of those tasks
+    (:func:`.corpora.mix_tasks`; each task's stream reads the files and keeps its own rows)."""
+    from . import corpora
+
+    if task_weights:
+        weights = corpora.parse_task_weights(task_weights)
+        streams = {task: corpora.stream_rows(path, task=task) for task in weights}
+        return corpora.mix_tasks(streams, weights, seed=seed)
+    return corpora.stream_rows(path) if streaming else load_rows(path)
+
+
 #: This project's defaults for the training examples' ``TrainingArguments`` / ``SFTConfig`` fields (where they differ
 #: from transformers' / TRL's): the collator needs the raw rows (``remove_unused_columns=False``); no activation
 #: checkpointing unless asked (``SFTConfig`` defaults it to on; ``gradient_checkpointing=None`` leaves
@@ -56,4 +70,4 @@ def training_argument_parser(script_arguments, training_arguments, **defaults):
     return parser
 
 
-__all__ = ["TRAINING_ALIASES", "TRAINING_DEFAULTS", "load_rows", "training_argument_parser"]
+__all__ = ["TRAINING_ALIASES", "TRAINING_DEFAULTS", "load_rows", "training_argument_parser", "training_rows"]
