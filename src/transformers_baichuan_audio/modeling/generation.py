@@ -280,7 +280,10 @@ class BaichuanAudioGenerationMixin:
             tokenizer: needed for the stop strings of later text segments (``later_text_stop_strings``); without
                 it only ``<audiogen_start>``, end-of-text and the token cap end a text segment.
             streamer: a :class:`BaichuanAudioStreamer` (or any object with ``put_text`` / ``put_audio`` /
-                ``end_segment`` / ``end``) receiving text tokens and audio frames as they are generated.
+                ``end_segment`` / ``end``) receiving text tokens and audio frames as they are generated. A
+                streamer with a ``stopped_rows()`` method (returning row indices) ends those rows at the next step,
+                as a row reaching the context ends (its audio segment so far kept; no warning): e.g. a server's
+                disconnected client, while the other rows of the batch go on unchanged.
             generator: ``torch.Generator`` for the sampling draws.
             return_waveforms: decode the audio segments with ``self.code2wav`` (24 kHz).
             cache_implementation: ``"dynamic"`` (default) or ``"static"``: a preallocated ``StaticCache`` of fixed
@@ -489,14 +492,18 @@ class BaichuanAudioGenerationMixin:
     def _speech_check_context(self, rows, context: int, cache_room: int, fed: int, streamer) -> None:
         """End the rows whose sequence reached the model's context (as transformers' ``max_length``: a sequence never
         has more tokens than ``max_position_embeddings``) or whose next feed would pass a static cache's columns,
-        with a warning: an audio segment in progress is kept (its frames so far), the answer ends there."""
+        with a warning, and the rows the streamer's ``stopped_rows()`` names (no warning): an audio segment in
+        progress is kept (its frames so far), the answer ends there."""
         width = max(len(row.pending) for row in rows if row.phase != "done")
         cache_full = cache_room > 0 and fed + width > cache_room
+        stopped = set(streamer.stopped_rows()) if hasattr(streamer, "stopped_rows") else set()
         for r, row in enumerate(rows):
-            if row.phase == "done" or (len(row.seq) < context and not cache_full):  # sequences stay <= context
+            at_limit = len(row.seq) >= context or cache_full  # sequences stay <= context
+            if row.phase == "done" or not (at_limit or r in stopped):
                 continue
-            limit = f"the static cache's {cache_room} columns" if cache_full else f"the model's context ({context})"
-            warnings.warn(f"generation of row {r} stopped at {limit}: the answer is cut there", stacklevel=4)
+            if at_limit:
+                limit = f"the static cache's {cache_room} columns" if cache_full else f"the model's context ({context})"
+                warnings.warn(f"generation of row {r} stopped at {limit}: the answer is cut there", stacklevel=4)
             if row.phase == "audio":
                 segment = torch.stack(row.frames) if row.frames else torch.empty(0, len(self.config.codebook_sizes))
                 row.segments.append(segment.long())
