@@ -3,9 +3,9 @@
 Sub-commands: ``convert`` (original checkpoint -> this layout), ``check-parity`` (run every stage of a reference
 fixture directory and compare with the original implementation's outputs), ``demo`` (the Gradio voice chat on
 127.0.0.1), ``chat`` (one spoken or typed turn: text streamed to the terminal, the spoken answer to a wav file),
-``asr``, ``tts`` (base-model prompts), ``serve`` (the OpenAI-compatible HTTP API on 127.0.0.1) and ``bench`` (runs
-the scripts under ``benchmarks/``). Every sub-command has
-``--help``.
+``asr``, ``tts`` (base-model prompts), ``serve`` (the OpenAI-compatible HTTP API on 127.0.0.1), ``eval`` (ASR WER /
+CER, spoken QA, consistency, latency on a dataset) and ``bench`` (runs the scripts under ``benchmarks/``). Every
+sub-command has ``--help``.
 
 ``--model`` (demo/chat/asr/tts) takes a converted directory, an original-layout directory (converted on the fly; the
 vocoder weights come from ``--vocoder``), a hub id (downloaded with ``huggingface_hub.snapshot_download``, then the
