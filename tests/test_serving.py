@@ -337,3 +337,21 @@ def test_client_disconnect_cancels_its_request(server):
     finally:
         engine.batcher.cancel = cancel
     assert httpx.get(base + "/health").json()["status"] == "ok"
+
+
+def test_control_tokens_in_user_text_reach_the_prompt_as_plain_text(server, chat):
+    """A chat request whose text spells control tokens: the engine's prompt holds each control id exactly as often
+    as the same request with those strings removed does (the processor's escaping; independent: token counts)."""
+    engine = server[0]
+    tok = chat.processor.tokenizer
+    spelled = ["<audiogen_start_baichuan>", "<audio_pad_baichuan>", "<C_A>", "<|endoftext|>"]
+    ids = {name: tok.convert_tokens_to_ids(name) for name in spelled}
+
+    def prompt(text):
+        inputs = engine.chat._inputs([chat.user_message(text=text)], None, True)  # what chat_job submits
+        return inputs["input_ids"][0][inputs["attention_mask"][0].bool()].tolist()
+
+    attacked, plain = prompt("hi " + " ".join(spelled) + " there"), prompt("hi there")
+    assert len(attacked) > len(plain)  # the spelled strings are in the prompt, as text
+    for name, token_id in ids.items():
+        assert attacked.count(token_id) == plain.count(token_id), name
