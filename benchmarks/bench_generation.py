@@ -18,6 +18,14 @@ Measured (``--dtype`` fp32 / bf16 for the LLM and the audio head; code2wav runs 
   the text LM head is not run on audio steps) / time per frame, next to the measured bandwidth (the roofline);
 * time to first audio chunk: from the ``generate`` call to the first waveform chunk out of the streamer (code2wav
   streaming decoder in the consuming thread), next to the bound ``25 frames x time per frame + one chunk decode``;
+* ``--turn``: time to first audio of a whole speech-chat turn (issue 18): a synthetic user clip of
+  ``--clip-seconds`` goes through :class:`~transformers_baichuan_audio.chat.SpeechChat` as the demo runs it (feature
+  extraction, the real-size audio tokenizer, the chat prompt, prefill, a text phrase, ``<audiogen_start>``, audio
+  frames, the streaming code2wav decoder), from the clip in hand to the first waveform samples, for the default
+  chunk schedule (first chunk after 25 frames) and for a provisional first chunk (``--first-chunk-frames``). With
+  random weights the phrase is forced: ``--turn-text-tokens`` text tokens (``text_segment_max_new_tokens``) then the
+  switch, and no end-of-audio before the first chunk (``audio_min_frames``). The model then uses the special-token
+  ids of the offline tiny-random tokenizer (``tiny_random_processor``: byte-level, so the text is noise);
 * peak memory (CPU: max RSS; GPU: max allocated).
 
 Decoding paths: ``--cache static`` preallocates the LLM cache (``StaticCache``); ``--compile`` (implies the static
@@ -68,16 +76,65 @@ QWEN25_05B = {
 SpeechModel = BaichuanAudioForConditionalGeneration
 
 
-def build_config(size: str) -> BaichuanAudioConfig:
+def build_config(size: str, **token_ids) -> BaichuanAudioConfig:
+    """``token_ids``: special-token id overrides (``--turn``: those of the tiny-random tokenizer)."""
+    text_ids = {k: token_ids[k] for k in ("eos_token_id", "pad_token_id") if k in token_ids}
     if size == "small":
-        return BaichuanAudioConfig.tiny()
+        return BaichuanAudioConfig.tiny(**token_ids)
     if size == "0.5b":
         return BaichuanAudioConfig(
-            text_config=dict(QWEN25_05B), audio_head_config={"num_attention_heads": 7, "intermediate_size": 1792}
+            text_config={**QWEN25_05B, **text_ids},
+            audio_head_config={"num_attention_heads": 7, "intermediate_size": 1792},
+            **token_ids,
         )
     if size == "real":
-        return BaichuanAudioConfig()
+        return BaichuanAudioConfig(text_config=text_ids, **token_ids) if token_ids else BaichuanAudioConfig()
     raise ValueError(size)
+
+
+def turn_processor():
+    """The offline tiny-random processor and its special-token ids as config overrides."""
+    from transformers_baichuan_audio.configuration import TOKEN_ID_FIELDS
+    from transformers_baichuan_audio.tiny_random import tiny_random_processor
+
+    processor = tiny_random_processor()
+    tok = processor.tokenizer
+    ids = {name: processor.special_token_ids[name] for name in TOKEN_ID_FIELDS}
+    ids.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return processor, ids
+
+
+def bench_turn(model, processor, clip_seconds: float, text_tokens: int, first_chunk_frames: int | None) -> dict:
+    """One speech-chat turn from a user clip to the first waveform samples (the rest of the turn is cancelled)."""
+    import numpy as np
+
+    from transformers_baichuan_audio.chat import SpeechChat
+
+    frames = 26  # one frame past the default first chunk
+    caps = dict(
+        DECODE_KWARGS,
+        do_sample=False,
+        repetition_penalty=1.0,
+        audio_repetition_penalty=1.0,
+        text_segment_max_new_tokens=text_tokens,
+        max_new_tokens=text_tokens + 4,
+        audio_min_frames=frames,
+        audio_max_frames=frames,
+        max_rounds=1,
+    )
+    chat = SpeechChat(model, processor, caps, first_chunk_frames=first_chunk_frames)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(16000 * clip_seconds)) / 16000
+    clip = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+    t0 = time.perf_counter()
+    messages = [chat.user_message(audio=(16000, clip))]
+    result: dict = {}
+    for event in chat.stream_turn(messages):
+        if event.kind == "audio":
+            result["first_audio_s"] = time.perf_counter() - t0
+            result["first_audio_samples"] = int(event.audio.numel())
+            break  # leaving the stream stops the turn
+    return result
 
 
 def build_model(config: BaichuanAudioConfig, dtype: torch.dtype, device: str):
@@ -302,6 +359,10 @@ def main() -> None:
     parser.add_argument("--cache", choices=["dynamic", "static"], default="dynamic", help="LLM KV cache")
     parser.add_argument("--static-len", type=int, default=512, help="static cache length (positions)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode steps (static cache)")
+    parser.add_argument("--turn", action="store_true", help="time to first audio of a whole speech-chat turn")
+    parser.add_argument("--clip-seconds", type=float, default=3.0, help="--turn: the user clip")
+    parser.add_argument("--turn-text-tokens", type=int, default=8, help="--turn: text tokens before the switch")
+    parser.add_argument("--first-chunk-frames", type=int, default=10, help="--turn: the provisional first chunk")
     args = parser.parse_args()
     if args.compile or args.cache == "static":
         DECODE_KWARGS.update(cache_implementation="static", static_cache_max_len=args.static_len)
@@ -317,7 +378,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    config = build_config(args.size)
+    processor, token_ids = turn_processor() if args.turn else (None, {})
+    config = build_config(args.size, **token_ids)
     t = time.perf_counter()
     model = build_model(config, dtype, args.device)
     build_s = time.perf_counter() - t
@@ -346,6 +408,15 @@ def main() -> None:
         audio = bench_audio(model, config, args.device, args.prompt_len, frames)
         print(f"audio: {audio['audio_frames_per_s']:.2f} frames/s, RTF {audio['rtf']:.3f}")
         first = {} if args.no_first_audio else bench_first_audio(model, config, args.device, args.prompt_len, frames)
+        turn = {}
+        if args.turn:
+            bench_turn(model, processor, args.clip_seconds, args.turn_text_tokens, None)  # warm-up turn
+            for name, schedule in (("default", None), ("provisional", args.first_chunk_frames)):
+                figures = bench_turn(model, processor, args.clip_seconds, args.turn_text_tokens, schedule)
+                turn.update({f"turn_{name}_{k}": v for k, v in figures.items()})
+                print(f"turn ({name} first chunk): first audio {figures.get('first_audio_s', float('nan')):.2f} s")
+            turn.update(turn_clip_seconds=args.clip_seconds, turn_text_tokens=args.turn_text_tokens,
+                        turn_first_chunk_frames=args.first_chunk_frames)  # fmt: skip
 
     bandwidth_after = measure_bandwidth(args.device, args.bandwidth_gib)
     print(f"memory bandwidth after the runs: {bandwidth_after / 1e9:.1f} GB/s")
@@ -370,6 +441,7 @@ def main() -> None:
         "gemv_roofline_fraction": achieved / gemv_bandwidth,
         "roofline_frames_per_s": bandwidth / bytes_per_frame,
         **first,
+        **turn,
         "peak_memory_gib": peak_memory(args.device),
     }
     if baseline:
