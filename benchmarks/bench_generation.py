@@ -18,14 +18,25 @@ Measured (``--dtype`` fp32 / bf16 for the LLM and the audio head; code2wav runs 
   the text LM head is not run on audio steps) / time per frame, next to the measured bandwidth (the roofline);
 * time to first audio chunk: from the ``generate`` call to the first waveform chunk out of the streamer (code2wav
   streaming decoder in the consuming thread), next to the bound ``25 frames x time per frame + one chunk decode``;
-* ``--turn``: time to first audio of a whole speech-chat turn (issue 18): a synthetic user clip of
-  ``--clip-seconds`` goes through :class:`~transformers_baichuan_audio.chat.SpeechChat` as the demo runs it (feature
-  extraction, the real-size audio tokenizer, the chat prompt, prefill, a text phrase, ``<audiogen_start>``, audio
-  frames, the streaming code2wav decoder), from the clip in hand to the first waveform samples, for the default
-  chunk schedule (first chunk after 25 frames) and for a provisional first chunk (``--first-chunk-frames``). With
-  random weights the phrase is forced: ``--turn-text-tokens`` text tokens (``text_segment_max_new_tokens``) then the
-  switch, and no end-of-audio before the first chunk (``audio_min_frames``). The model then uses the special-token
-  ids of the offline tiny-random tokenizer (``tiny_random_processor``: byte-level, so the text is noise);
+* ``--turn`` (``--turn-only``: nothing else): time to first audio of a whole speech-chat turn (issue 18), through
+  the chat engine itself (:meth:`transformers_baichuan_audio.chat.SpeechChat.stream_turn`, as the demo and
+  ``baichuan-audio chat`` run it): a synthetic 16 kHz user clip (``--clip-seconds``) in hand -> input checks, feature
+  extraction and chat template -> the audio tokenizer (real size) -> LLM prefill -> a text phrase -> ``<audiogen_start>``
+  -> audio frames -> the code2wav streaming decoder (in the consuming thread, concurrent with generation) -> the first
+  waveform samples handed to the listener. Reported per stage (see :func:`bench_turn`), for the default chunk
+  schedule (first chunk after 25 frames) and for a provisional first chunk (``--first-chunk-frames``), eager and,
+  with ``--compile``, with the compiled decode steps (eager first in the same process; the compilation happens in a
+  warm-up turn, ``turn_compiled_warmup_s``). Each path gets one warm-up turn first (the original demo's 62.9 s is
+  warm too). The rest of the turn is cancelled after the first samples (the engine's stop event). With random
+  weights the model would not switch to speech on its own, so the phrase is forced: exactly ``--turn-text-tokens``
+  text tokens (``text_segment_max_new_tokens``; the LM head can only produce printable ASCII, as the tiny-random
+  model's, so no end-of-text / early ``<audiogen_start>``), then the switch, and no end-of-audio before the first
+  chunk (``audio_min_frames``). Sampling settings: the demo's defaults (seeded). The tokenizer is built offline
+  (:func:`turn_processor`: byte-level, the Baichuan special tokens at the released ids, so the prompt is longer than
+  the released tokenizer would make it: the voice prompt's 12 characters are 36 byte tokens). The phrase goes on
+  while the first chunk is decoded (generation and code2wav then share the cores, as in an answer that goes on);
+  ``--turn-phrase-frames 26`` ends it right after the first chunk's frames. JSON keys
+  ``turn_<eager|compiled>_<default|provisional>_<figure>``, the best of ``--turn-repeats`` turns (all in ``*_all``);
 * peak memory (CPU: max RSS; GPU: max allocated).
 
 Decoding paths: ``--cache static`` preallocates the LLM cache (``StaticCache``); ``--compile`` (implies the static
@@ -41,16 +52,19 @@ The last output line is one JSON object with all figures. Example::
 
     python benchmarks/bench_generation.py --size 0.5b --dtype bf16 --frames 40
     python benchmarks/bench_generation.py --size 0.5b --compile
+    python benchmarks/bench_generation.py --size 0.5b --threads 2 --turn-only --compile
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import threading
 import time
 
+import numpy as np
 import torch
 from transformers import CompileConfig
 
@@ -76,65 +90,16 @@ QWEN25_05B = {
 SpeechModel = BaichuanAudioForConditionalGeneration
 
 
-def build_config(size: str, **token_ids) -> BaichuanAudioConfig:
-    """``token_ids``: special-token id overrides (``--turn``: those of the tiny-random tokenizer)."""
-    text_ids = {k: token_ids[k] for k in ("eos_token_id", "pad_token_id") if k in token_ids}
+def build_config(size: str) -> BaichuanAudioConfig:
     if size == "small":
-        return BaichuanAudioConfig.tiny(**token_ids)
+        return BaichuanAudioConfig.tiny()
     if size == "0.5b":
         return BaichuanAudioConfig(
-            text_config={**QWEN25_05B, **text_ids},
-            audio_head_config={"num_attention_heads": 7, "intermediate_size": 1792},
-            **token_ids,
+            text_config=dict(QWEN25_05B), audio_head_config={"num_attention_heads": 7, "intermediate_size": 1792}
         )
     if size == "real":
-        return BaichuanAudioConfig(text_config=text_ids, **token_ids) if token_ids else BaichuanAudioConfig()
+        return BaichuanAudioConfig()
     raise ValueError(size)
-
-
-def turn_processor():
-    """The offline tiny-random processor and its special-token ids as config overrides."""
-    from transformers_baichuan_audio.configuration import TOKEN_ID_FIELDS
-    from transformers_baichuan_audio.tiny_random import tiny_random_processor
-
-    processor = tiny_random_processor()
-    tok = processor.tokenizer
-    ids = {name: processor.special_token_ids[name] for name in TOKEN_ID_FIELDS}
-    ids.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return processor, ids
-
-
-def bench_turn(model, processor, clip_seconds: float, text_tokens: int, first_chunk_frames: int | None) -> dict:
-    """One speech-chat turn from a user clip to the first waveform samples (the rest of the turn is cancelled)."""
-    import numpy as np
-
-    from transformers_baichuan_audio.chat import SpeechChat
-
-    frames = 26  # one frame past the default first chunk
-    caps = dict(
-        DECODE_KWARGS,
-        do_sample=False,
-        repetition_penalty=1.0,
-        audio_repetition_penalty=1.0,
-        text_segment_max_new_tokens=text_tokens,
-        max_new_tokens=text_tokens + 4,
-        audio_min_frames=frames,
-        audio_max_frames=frames,
-        max_rounds=1,
-    )
-    chat = SpeechChat(model, processor, caps, first_chunk_frames=first_chunk_frames)
-    rng = np.random.default_rng(0)
-    t = np.arange(int(16000 * clip_seconds)) / 16000
-    clip = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
-    t0 = time.perf_counter()
-    messages = [chat.user_message(audio=(16000, clip))]
-    result: dict = {}
-    for event in chat.stream_turn(messages):
-        if event.kind == "audio":
-            result["first_audio_s"] = time.perf_counter() - t0
-            result["first_audio_samples"] = int(event.audio.numel())
-            break  # leaving the stream stops the turn
-    return result
 
 
 def build_model(config: BaichuanAudioConfig, dtype: torch.dtype, device: str):
@@ -339,6 +304,235 @@ def bench_first_audio(model, config, device, prompt_len, frames) -> dict:
     }
 
 
+def turn_processor(config):
+    """A ``BaichuanAudioProcessor`` for ``config``, offline: a byte-level tokenizer (one token per byte, no merges,
+    as :func:`transformers_baichuan_audio.tiny_random.tiny_tokenizer`) whose ``<|endoftext|>`` and Baichuan special
+    tokens sit at the config's ids (the released vocabulary's), the ids between them reserved placeholders."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from transformers_baichuan_audio.configuration import TOKEN_ID_FIELDS
+    from transformers_baichuan_audio.processing.feature_extraction import BaichuanAudioFeatureExtractor
+    from transformers_baichuan_audio.processing.processor import SPECIAL_TOKENS, BaichuanAudioProcessor
+
+    specials = {int(config.eos_token_id): "<|endoftext|>"}
+    specials.update({int(getattr(config, name)): SPECIAL_TOKENS[name[: -len("_id")]] for name in TOKEN_ID_FIELDS})
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    if min(specials) < len(vocab):
+        raise ValueError("the special tokens must come after the 256 byte tokens")
+    vocab.update({specials.get(i, f"<|reserved_{i}|>"): i for i in range(len(vocab), max(specials) + 1)})
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials.values()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return BaichuanAudioProcessor(BaichuanAudioFeatureExtractor(), tokenizer)
+
+
+def restrict_text_head(model, tokenizer) -> None:
+    """Zero the LM-head rows of every token but printable ASCII and the byte-level space (as the tiny-random model):
+    those rows give logit 0 and lose against the random positive logits, so a text phase never ends by itself
+    (no end-of-text, no ``<audiogen_start>``) and its text decodes. The cost of the head is unchanged."""
+    keep = torch.zeros(model.lm_head.weight.shape[0], dtype=torch.bool)
+    keep[[tokenizer.convert_tokens_to_ids(c) for c in [*map(chr, range(0x21, 0x7F)), "\u0120"]]] = True
+    with torch.no_grad():
+        model.lm_head.weight[~keep.to(model.lm_head.weight.device)] = 0
+
+
+def synthetic_clip(seconds: float, rate: int = 16000) -> np.ndarray:
+    """A speech-like 16 kHz clip (a 120-180 Hz voiced tone with harmonics, syllable-rate envelope, noise; seeded)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(rate * seconds)) / rate
+    f0 = 150 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2
+    return (0.2 * envelope * voiced + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+class TurnClock(threading.Event):
+    """The stop event of :meth:`SpeechChat.stream_turn` that also notes when it is checked: the engine's streamer
+    checks it once in every ``put_text`` (a text token) and ``put_audio`` (an audio frame), in the generation
+    thread, so its check times are the producer-side times of the tokens and frames (in order)."""
+
+    def __init__(self):
+        super().__init__()
+        self.checks: list[float] = []
+
+    def is_set(self) -> bool:
+        self.checks.append(time.perf_counter())
+        return super().is_set()
+
+
+@contextlib.contextmanager
+def timed_decoder_pushes(code2wav):
+    """While active, the streaming decoders made by ``code2wav.streaming_decoder`` note every ``push`` as
+    ``(start, end, samples returned)`` in the yielded list (an instance attribute shadows the method)."""
+    pushes: list[tuple[float, float, int]] = []
+    make = code2wav.streaming_decoder
+
+    def streaming_decoder(**kwargs):
+        decoder = make(**kwargs)
+        push = decoder.push
+
+        def timed_push(codes):
+            start = time.perf_counter()
+            out = push(codes)
+            pushes.append((start, time.perf_counter(), int(out.numel())))
+            return out
+
+        decoder.push = timed_push
+        return decoder
+
+    code2wav.streaming_decoder = streaming_decoder
+    try:
+        yield pushes
+    finally:
+        del code2wav.streaming_decoder
+
+
+def bench_turn(
+    model, processor, clip: np.ndarray, text_tokens: int, first_chunk_frames: int | None, phrase_frames: int = 0
+) -> dict:
+    """One speech-chat turn through ``SpeechChat.stream_turn``, from the user's clip in hand to the first waveform
+    samples the engine yields (the turn is then stopped). Stages, in seconds (they add up to ``first_audio_s``):
+
+    * ``input_s``: the clip's checks (``user_message``), feature extraction, chat template, context check, the
+      generation thread's start and ``generate``'s setup, up to the audio tokenizer's forward;
+    * ``audio_encoding_s``: the audio tokenizer (encoder + bridge + RVQ) on the clip;
+    * ``prefill_s``: the LLM over the whole prompt, LM head, first text token;
+    * ``text_phrase_s``: the other ``text_tokens - 1`` text tokens;
+    * ``frames_to_first_chunk_s``: the switch step (last token + ``<audiogen_start>``) and the frames up to the one
+      that completes the first chunk (25, or ``first_chunk_frames``);
+    * ``decoder_wait_s``: from that frame's emission to the consuming thread's push of it (the consumer catching up:
+      the pushes of earlier frames, decoder set-up, queue);
+    * ``first_chunk_decode_s``: the push that returns the first chunk (code2wav: decoder, flow matching, vocoder),
+      while generation goes on in the other thread (both share the cores);
+    * ``to_listener_s``: phrase joining (``PhraseJoiner``) up to the yielded audio event.
+
+    ``phrase_frames``: the spoken phrase's length (0: 100 frames past the first chunk, so generation goes on while
+    the first chunk is decoded, as in an answer that goes on; a phrase that ends right after the first chunk's
+    frames leaves the cores to the decoder sooner).
+    """
+    from transformers_baichuan_audio.chat import SpeechChat
+
+    default_chunk = model.code2wav.streaming_decoder().frames_per_chunk
+    chunk_frames = first_chunk_frames or default_chunk
+    audio_frames = phrase_frames or max(chunk_frames, default_chunk) + 100
+    if audio_frames <= max(chunk_frames, default_chunk):
+        raise ValueError(f"the phrase must be longer than the first chunks' {max(chunk_frames, default_chunk)} frames")
+    caps = dict(
+        DECODE_KWARGS,
+        text_segment_max_new_tokens=text_tokens,
+        audio_min_frames=audio_frames,
+        audio_max_frames=audio_frames,
+        max_rounds=1,
+    )
+    chat = SpeechChat(model, processor, caps, first_chunk_frames=first_chunk_frames)
+    clock, encoding, text = TurnClock(), [], []
+    tokenizer = model.model.audio_tokenizer
+    hooks = [
+        tokenizer.register_forward_pre_hook(lambda *_: encoding.append(time.perf_counter())),
+        tokenizer.register_forward_hook(lambda *_: encoding.append(time.perf_counter())),
+    ]
+    first = samples = None
+    try:
+        with timed_decoder_pushes(model.code2wav) as pushes:
+            t0 = time.perf_counter()
+            messages = [chat.user_message(audio=(16000, clip))]
+            turn = chat.stream_turn(messages, stop=clock)
+            try:
+                for event in turn:
+                    if event.kind == "text":
+                        text.append(event.text)
+                    elif event.kind == "audio":
+                        first, samples = time.perf_counter(), int(event.audio.numel())
+                        break
+            finally:
+                turn.close()  # stops the generation thread at its next token / frame and joins it
+    finally:
+        for hook in hooks:
+            hook.remove()
+    prompt = processor.apply_chat_template(
+        messages, audio_output=True, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )["input_ids"]
+    result = {
+        "first_audio_s": None if first is None else first - t0,
+        "first_audio_samples": samples,
+        "prompt_tokens": int(prompt.shape[-1]),
+        "prompt_audio_frames": int((prompt == model.config.audio_pad_token_id).sum()),
+        "text": "".join(text),
+    }
+    chunk_pushes = [p for p in pushes if p[2] > 0]
+    if first is None or len(clock.checks) < text_tokens + chunk_frames or not encoding or not chunk_pushes:
+        return result  # no stage split (the turn ended early, or the engine's streamer changed)
+    text_times, frame_times = clock.checks[:text_tokens], clock.checks[text_tokens:]
+    chunk_frame = frame_times[chunk_frames - 1]
+    push_start, push_end, _ = chunk_pushes[0]
+    stages = {
+        "input_s": encoding[0] - t0,
+        "audio_encoding_s": encoding[1] - encoding[0],
+        "prefill_s": text_times[0] - encoding[1],
+        "text_phrase_s": text_times[-1] - text_times[0],
+        "frames_to_first_chunk_s": chunk_frame - text_times[-1],
+        "decoder_wait_s": push_start - chunk_frame,
+        "first_chunk_decode_s": push_end - push_start,
+        "to_listener_s": first - push_end,
+    }
+    result.update(stages)
+    result["text_tokens_per_s"] = steady_rate(text_times)
+    result["audio_frames_per_s"] = steady_rate(frame_times[:chunk_frames])
+    result["frames_at_first_audio"] = sum(1 for t in frame_times[:audio_frames] if t <= first)
+    return result
+
+
+TURN_STAGES = (
+    "input_s",
+    "audio_encoding_s",
+    "prefill_s",
+    "text_phrase_s",
+    "frames_to_first_chunk_s",
+    "decoder_wait_s",
+    "first_chunk_decode_s",
+    "to_listener_s",
+)
+
+
+def turn_settings(args) -> dict:
+    return {
+        "turn_clip_seconds": args.clip_seconds,
+        "turn_text_tokens": args.turn_text_tokens,
+        "turn_first_chunk_frames": args.first_chunk_frames,
+        "turn_repeats": args.turn_repeats,
+        "turn_phrase_frames": args.turn_phrase_frames,
+    }
+
+
+def bench_turns(model, processor, args, path: str) -> dict:
+    """Warm-up turn, then ``--turn-repeats`` turns per chunk schedule (default, provisional); figures of the turn
+    with the smallest ``first_audio_s`` per schedule, keyed ``turn_<path>_<schedule>_<figure>``."""
+    clip = synthetic_clip(args.clip_seconds)
+    t = time.perf_counter()
+    bench_turn(model, processor, clip, args.turn_text_tokens, None, args.turn_phrase_frames)
+    out = {f"turn_{path}_warmup_s": time.perf_counter() - t}
+    print(f"turn warm-up ({path}): {out[f'turn_{path}_warmup_s']:.1f} s")
+    schedules = [("default", None)]
+    if args.first_chunk_frames:
+        schedules.append(("provisional", args.first_chunk_frames))
+    for name, first_chunk_frames in schedules:
+        runs = [
+            bench_turn(model, processor, clip, args.turn_text_tokens, first_chunk_frames, args.turn_phrase_frames)
+            for _ in range(args.turn_repeats)
+        ]
+        best = min(runs, key=lambda r: r["first_audio_s"] if r["first_audio_s"] is not None else float("inf"))
+        best["first_audio_s_all"] = [r["first_audio_s"] for r in runs]
+        out.update({f"turn_{path}_{name}_{k}": v for k, v in best.items()})
+        stages = ", ".join(f"{k[:-2]} {best[k]:.2f}" for k in TURN_STAGES if k in best)
+        chunk = first_chunk_frames or "25"
+        print(f"turn {path}, first chunk after {chunk} frames: first audio {best['first_audio_s']:.2f} s ({stages})")
+    return out
+
+
 def peak_memory(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**30
@@ -355,15 +549,27 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--bandwidth-gib", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    parser.add_argument("--no-first-audio", action="store_true", help="skip the streamed time-to-first-audio run")
+    parser.add_argument(
+        "--no-first-audio",
+        action="store_true",
+        help="skip the streamed time-to-first-audio run of the TTS prompt (not --turn)",
+    )
     parser.add_argument("--cache", choices=["dynamic", "static"], default="dynamic", help="LLM KV cache")
     parser.add_argument("--static-len", type=int, default=512, help="static cache length (positions)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode steps (static cache)")
-    parser.add_argument("--turn", action="store_true", help="time to first audio of a whole speech-chat turn")
-    parser.add_argument("--clip-seconds", type=float, default=3.0, help="--turn: the user clip")
+    parser.add_argument("--turn", action="store_true", help="also time to first audio of a whole speech-chat turn")
+    parser.add_argument("--turn-only", action="store_true", help="only the speech-chat turn (implies --turn)")
+    parser.add_argument("--clip-seconds", type=float, default=3.0, help="--turn: the user's clip (16 kHz)")
     parser.add_argument("--turn-text-tokens", type=int, default=8, help="--turn: text tokens before the switch")
-    parser.add_argument("--first-chunk-frames", type=int, default=10, help="--turn: the provisional first chunk")
+    parser.add_argument(
+        "--first-chunk-frames", type=int, default=10, help="--turn: the provisional first chunk (0: none)"
+    )
+    parser.add_argument(
+        "--turn-phrase-frames", type=int, default=0, help="--turn: frames of the spoken phrase (0: it goes on)"
+    )
+    parser.add_argument("--turn-repeats", type=int, default=1, help="--turn: turns per schedule (the best is kept)")
     args = parser.parse_args()
+    args.turn = args.turn or args.turn_only
     if args.compile or args.cache == "static":
         DECODE_KWARGS.update(cache_implementation="static", static_cache_max_len=args.static_len)
     if args.compile:
@@ -378,12 +584,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    processor, token_ids = turn_processor() if args.turn else (None, {})
-    config = build_config(args.size, **token_ids)
+    config = build_config(args.size)
     t = time.perf_counter()
     model = build_model(config, dtype, args.device)
     build_s = time.perf_counter() - t
     print(f"built {args.size} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params) in {build_s:.1f} s")
+    processor = None
+    if args.turn:
+        if getattr(model, "code2wav", None) is None:
+            raise SystemExit("--turn needs a model with code2wav")
+        processor = turn_processor(config)
+        restrict_text_head(model, processor.tokenizer)
+    if args.turn_only:
+        main_turn_only(args, model, processor, cpu)
+        return
     bandwidth = measure_bandwidth(args.device, args.bandwidth_gib)
     print(f"memory bandwidth: {bandwidth / 1e9:.1f} GB/s")
     gemv_bandwidth = measure_gemv_bandwidth(args.device, dtype, args.bandwidth_gib)
@@ -408,15 +622,9 @@ def main() -> None:
         audio = bench_audio(model, config, args.device, args.prompt_len, frames)
         print(f"audio: {audio['audio_frames_per_s']:.2f} frames/s, RTF {audio['rtf']:.3f}")
         first = {} if args.no_first_audio else bench_first_audio(model, config, args.device, args.prompt_len, frames)
-        turn = {}
-        if args.turn:
-            bench_turn(model, processor, args.clip_seconds, args.turn_text_tokens, None)  # warm-up turn
-            for name, schedule in (("default", None), ("provisional", args.first_chunk_frames)):
-                figures = bench_turn(model, processor, args.clip_seconds, args.turn_text_tokens, schedule)
-                turn.update({f"turn_{name}_{k}": v for k, v in figures.items()})
-                print(f"turn ({name} first chunk): first audio {figures.get('first_audio_s', float('nan')):.2f} s")
-            turn.update(turn_clip_seconds=args.clip_seconds, turn_text_tokens=args.turn_text_tokens,
-                        turn_first_chunk_frames=args.first_chunk_frames)  # fmt: skip
+    turn = {}
+    if args.turn:
+        turn = {**turn_settings(args), **bench_turns(model, processor, args, "compiled" if args.compile else "eager")}
 
     bandwidth_after = measure_bandwidth(args.device, args.bandwidth_gib)
     print(f"memory bandwidth after the runs: {bandwidth_after / 1e9:.1f} GB/s")
@@ -450,6 +658,26 @@ def main() -> None:
         bound = first["frames_per_decoder_chunk"] * audio["audio_time_per_frame_s"] + first["chunk_decode_s"]
         result["first_audio_bound_s"] = bound
         result["first_audio_over_bound"] = first["time_to_first_audio_chunk_s"] / bound
+    print(json.dumps(result))
+
+
+def main_turn_only(args, model, processor, cpu: bool) -> None:
+    """``--turn-only``: the speech-chat turns alone; with ``--compile`` the eager turns first, then the compiled
+    ones (compilation in their warm-up turn)."""
+    result = {
+        "size": args.size,
+        "dtype": args.dtype,
+        "device": torch.cuda.get_device_name() if not cpu else f"cpu x{torch.get_num_threads()} threads",
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        **turn_settings(args),
+    }
+    decode_kwargs = dict(DECODE_KWARGS)
+    if args.compile:
+        DECODE_KWARGS.clear()
+        result.update(bench_turns(model, processor, args, "eager"))
+        DECODE_KWARGS.update(decode_kwargs)
+    result.update(bench_turns(model, processor, args, "compiled" if args.compile else "eager"))
+    result["peak_memory_gib"] = peak_memory(args.device)
     print(json.dumps(result))
 
 
