@@ -37,6 +37,10 @@ Measured (``--dtype`` fp32 / bf16 for the LLM and the audio head; code2wav runs 
   while the first chunk is decoded (generation and code2wav then share the cores, as in an answer that goes on);
   ``--turn-phrase-frames 26`` ends it right after the first chunk's frames. JSON keys
   ``turn_<eager|compiled>_<default|provisional>_<figure>``, the best of ``--turn-repeats`` turns (all in ``*_all``);
+* ``--layout-compare`` (nothing else): eager audio frames/s and text tokens/s with the weights row-major (as
+  ``nn.Linear`` stores them, the eager path before issue 24) and in the column-major decode layout that ``generate``
+  applies on CPUs (``transformers_baichuan_audio.modeling.decode_layout``), alternating, best of
+  ``--layout-repeats``; and the GEMV bandwidth of both layouts (JSON keys ``layout_*``, ``gemv_*``);
 * peak memory (CPU: max RSS; GPU: max allocated).
 
 Decoding paths: ``--cache static`` preallocates the LLM cache (``StaticCache``); ``--compile`` (implies the static
@@ -53,6 +57,7 @@ The last output line is one JSON object with all figures. Example::
     python benchmarks/bench_generation.py --size 0.5b --dtype bf16 --frames 40
     python benchmarks/bench_generation.py --size 0.5b --compile
     python benchmarks/bench_generation.py --size 0.5b --threads 2 --turn-only --compile
+    python benchmarks/bench_generation.py --size 0.5b --threads 2 --layout-compare
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ from transformers import CompileConfig
 
 from transformers_baichuan_audio.configuration import BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
+from transformers_baichuan_audio.modeling.decode_layout import row_major_layout
 from transformers_baichuan_audio.modeling.streamer import BaichuanAudioStreamer
 
 QWEN25_05B = {
@@ -118,14 +124,17 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_gemv_bandwidth(device: str, dtype: torch.dtype, gib: float) -> float:
+def measure_gemv_bandwidth(device: str, dtype: torch.dtype, gib: float, column_major: bool = False) -> float:
     """Bytes/s of weights streamed by batch-1 matrix-vector products (a stack of 896x4864 matrices, LLM-MLP sized,
     together ``gib`` GiB so nothing stays in cache): what eager decode can reach with torch's own kernels (MKL runs
     this GEMV on one thread), next to the ``sum`` bandwidth of :func:`measure_bandwidth`. The compiled path uses
-    inductor's GEMV instead and can exceed it."""
+    inductor's GEMV instead and can exceed it. ``column_major``: the matrices stored as the decode layout stores
+    them (``transformers_baichuan_audio.modeling.decode_layout``)."""
     rows, cols = 4864, 896
     count = max(1, int(gib * 2**30) // (rows * cols * torch.finfo(dtype).bits // 8))
     weights = [torch.randn(rows, cols, device=device).to(dtype) for _ in range(count)]
+    if column_major:
+        weights = [w.t().contiguous().t() for w in weights]
     x = torch.randn(1, cols, device=device).to(dtype)
     best = float("inf")
     for _ in range(3):
@@ -533,6 +542,41 @@ def bench_turns(model, processor, args, path: str) -> dict:
     return out
 
 
+def bench_layouts(model, config, args, frames: int, tokens: int) -> dict:
+    """``--layout-compare``: eager audio frames/s and text tokens/s with the weights row-major (as ``nn.Linear``
+    stores them; the eager path before issue 24) and in the decode layout (the default of ``generate`` on CPUs),
+    alternating, best of ``--layout-repeats`` each; plus the GEMV bandwidth of both layouts."""
+    dtype = next(model.parameters()).dtype
+    result = {
+        "gemv_row_major_bytes_per_s": measure_gemv_bandwidth(args.device, dtype, args.bandwidth_gib),
+        "gemv_column_major_bytes_per_s": measure_gemv_bandwidth(args.device, dtype, args.bandwidth_gib, True),
+    }
+    best: dict[str, dict[str, float]] = {"row_major": {}, "decode": {}}
+    with torch.inference_mode():
+        model.generate(prompt_ids(config, 8, args.device, True), decode_layout=False, **tts_kwargs(3))  # warm-up
+        for _ in range(args.layout_repeats):
+            for layout in ("row_major", "decode"):
+                if layout == "row_major":
+                    row_major_layout(model)
+                DECODE_KWARGS["decode_layout"] = layout == "decode"
+                audio = bench_audio(model, config, args.device, args.prompt_len, frames)["audio_frames_per_s"]
+                text = bench_text(model, config, args.device, args.prompt_len, tokens)["text_tokens_per_s"]
+                print(f"{layout}: {audio:.2f} audio frames/s, {text:.2f} text tokens/s", flush=True)
+                kept = best[layout]
+                kept["audio_frames_per_s"] = max(kept.get("audio_frames_per_s", 0.0), audio)
+                kept["text_tokens_per_s"] = max(kept.get("text_tokens_per_s", 0.0), text)
+    DECODE_KWARGS.pop("decode_layout", None)
+    for layout, figures in best.items():
+        result.update({f"layout_{layout}_{k}": v for k, v in figures.items()})
+    for figure in ("audio_frames_per_s", "text_tokens_per_s"):
+        result[f"layout_speedup_{figure}"] = best["decode"][figure] / best["row_major"][figure]
+    return result
+
+
+def describe_device(cpu: bool) -> str:
+    return f"cpu x{torch.get_num_threads()} threads" if cpu else torch.cuda.get_device_name()
+
+
 def peak_memory(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**30
@@ -568,6 +612,12 @@ def main() -> None:
         "--turn-phrase-frames", type=int, default=0, help="--turn: frames of the spoken phrase (0: it goes on)"
     )
     parser.add_argument("--turn-repeats", type=int, default=1, help="--turn: turns per schedule (the best is kept)")
+    parser.add_argument(
+        "--layout-compare",
+        action="store_true",
+        help="only eager frames/s and tokens/s with row-major weights vs the decode layout (alternating)",
+    )
+    parser.add_argument("--layout-repeats", type=int, default=2, help="--layout-compare: runs per layout")
     args = parser.parse_args()
     args.turn = args.turn or args.turn_only
     if args.compile or args.cache == "static":
@@ -597,6 +647,11 @@ def main() -> None:
         restrict_text_head(model, processor.tokenizer)
     if args.turn_only:
         main_turn_only(args, model, processor, cpu)
+        return
+    if args.layout_compare:
+        result = {"size": args.size, "dtype": args.dtype, "device": describe_device(cpu), "frames": frames}
+        result.update(bench_layouts(model, config, args, frames, tokens))
+        print(json.dumps(result))
         return
     bandwidth = measure_bandwidth(args.device, args.bandwidth_gib)
     print(f"memory bandwidth: {bandwidth / 1e9:.1f} GB/s")
@@ -634,7 +689,7 @@ def main() -> None:
     result = {
         "size": args.size,
         "dtype": args.dtype,
-        "device": torch.cuda.get_device_name() if not cpu else f"cpu x{torch.get_num_threads()} threads",
+        "device": describe_device(cpu),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "cache": DECODE_KWARGS.get("cache_implementation", "dynamic"),
         "compiled": args.compile,
@@ -667,7 +722,7 @@ def main_turn_only(args, model, processor, cpu: bool) -> None:
     result = {
         "size": args.size,
         "dtype": args.dtype,
-        "device": torch.cuda.get_device_name() if not cpu else f"cpu x{torch.get_num_threads()} threads",
+        "device": describe_device(cpu),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         **turn_settings(args),
     }

@@ -57,6 +57,7 @@ from transformers.utils import ModelOutput
 
 from ..audio_codes import cut_at_end_of_audio
 from ..configuration import TOKEN_ID_FIELDS
+from .decode_layout import apply_decode_layout, wants_decode_layout
 from .decode_steps import SpeechDecodeSteps, resolve_compile_config
 from .logits_process import (
     IGNORED_ID,
@@ -261,7 +262,12 @@ class BaichuanAudioGenerationMixin:
 
     # ------------------------------------------------------------------------------------------------ public API
     def generate(
-        self, inputs: torch.Tensor | None = None, generation_config=None, output_audio: bool = False, **kwargs
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config=None,
+        output_audio: bool = False,
+        decode_layout: bool | None = None,
+        **kwargs,
     ):
         """Generate text (``output_audio=False``, the stock transformers ``generate``) or interleaved text + speech.
 
@@ -302,9 +308,15 @@ class BaichuanAudioGenerationMixin:
             Context: a prompt that leaves no position of ``max_position_embeddings`` (or of a static cache) free
                 raises :class:`PromptTooLongError` before any forward; a row reaching the context during the call
                 ends there with a warning.
+        Both kinds of output:
+            decode_layout: store the wide decode weights column-major first (faster batch-1 steps on CPUs, same
+                values; see :mod:`.decode_layout`). ``None`` (default): when the model is on a CPU and in eval mode;
+                ``False``: leave the weights as they are (a layout applied earlier stays).
         Returns:
             :class:`BaichuanAudioGenerateOutput` for speech output, else what ``GenerationMixin.generate`` returns.
         """
+        if wants_decode_layout(self, decode_layout):
+            apply_decode_layout(self)
         if not output_audio:
             prompt = inputs if inputs is not None else kwargs.get("input_ids")
             if isinstance(prompt, torch.Tensor) and prompt.ndim == 2:
