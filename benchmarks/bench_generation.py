@@ -77,6 +77,7 @@ from transformers_baichuan_audio.configuration import BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
 from transformers_baichuan_audio.modeling.decode_layout import row_major_layout
 from transformers_baichuan_audio.modeling.streamer import BaichuanAudioStreamer
+from transformers_baichuan_audio.tiny_random import restrict_text_head, tiny_tokenizer
 
 QWEN25_05B = {
     "model_type": "qwen2",
@@ -314,38 +315,15 @@ def bench_first_audio(model, config, device, prompt_len, frames) -> dict:
 
 
 def turn_processor(config):
-    """A ``BaichuanAudioProcessor`` for ``config``, offline: a byte-level tokenizer (one token per byte, no merges,
-    as :func:`transformers_baichuan_audio.tiny_random.tiny_tokenizer`) whose ``<|endoftext|>`` and Baichuan special
-    tokens sit at the config's ids (the released vocabulary's), the ids between them reserved placeholders."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
+    """A ``BaichuanAudioProcessor`` for ``config``, offline: the tiny-random byte-level tokenizer with
+    ``<|endoftext|>`` and the Baichuan special tokens at the config's ids (the released vocabulary's)."""
     from transformers_baichuan_audio.configuration import TOKEN_ID_FIELDS
     from transformers_baichuan_audio.processing.feature_extraction import BaichuanAudioFeatureExtractor
     from transformers_baichuan_audio.processing.processor import SPECIAL_TOKENS, BaichuanAudioProcessor
 
-    specials = {int(config.eos_token_id): "<|endoftext|>"}
-    specials.update({int(getattr(config, name)): SPECIAL_TOKENS[name[: -len("_id")]] for name in TOKEN_ID_FIELDS})
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    if min(specials) < len(vocab):
-        raise ValueError("the special tokens must come after the 256 byte tokens")
-    vocab.update({specials.get(i, f"<|reserved_{i}|>"): i for i in range(len(vocab), max(specials) + 1)})
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tk.decoder = decoders.ByteLevel()
-    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials.values()])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    return BaichuanAudioProcessor(BaichuanAudioFeatureExtractor(), tokenizer)
-
-
-def restrict_text_head(model, tokenizer) -> None:
-    """Zero the LM-head rows of every token but printable ASCII and the byte-level space (as the tiny-random model):
-    those rows give logit 0 and lose against the random positive logits, so a text phase never ends by itself
-    (no end-of-text, no ``<audiogen_start>``) and its text decodes. The cost of the head is unchanged."""
-    keep = torch.zeros(model.lm_head.weight.shape[0], dtype=torch.bool)
-    keep[[tokenizer.convert_tokens_to_ids(c) for c in [*map(chr, range(0x21, 0x7F)), "\u0120"]]] = True
-    with torch.no_grad():
-        model.lm_head.weight[~keep.to(model.lm_head.weight.device)] = 0
+    special_ids = {"<|endoftext|>": int(config.eos_token_id)}
+    special_ids.update({SPECIAL_TOKENS[name[: -len("_id")]]: int(getattr(config, name)) for name in TOKEN_ID_FIELDS})
+    return BaichuanAudioProcessor(BaichuanAudioFeatureExtractor(), tiny_tokenizer(special_ids))
 
 
 def synthetic_clip(seconds: float, rate: int = 16000) -> np.ndarray:

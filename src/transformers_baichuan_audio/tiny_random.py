@@ -30,20 +30,46 @@ TINY_GENERATION_KWARGS = {
 }
 
 
-def tiny_tokenizer():
-    """In-memory byte-level ``PreTrainedTokenizerFast`` with ``<|endoftext|>`` (eos and pad) and the Baichuan tokens."""
+def tiny_tokenizer(special_ids: dict[str, int] | None = None):
+    """In-memory byte-level ``PreTrainedTokenizerFast`` (one token per byte, no merges) with ``<|endoftext|>`` (eos
+    and pad) and the Baichuan tokens.
+
+    Args:
+        special_ids: ``{token: id}`` to place the special tokens at given ids (e.g. the released vocabulary's, for a
+            model config that keeps them); the ids between the 256 byte tokens and the largest one become reserved
+            placeholders ``<|reserved_<id>|>``. Default: ``<|endoftext|>``, the Baichuan tokens, ``<B_USYS>`` and
+            ``<inner_think>`` right after the bytes.
+    """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     from .processing.processor import SPECIAL_TOKENS
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    if special_ids is None:
+        specials = ["<|endoftext|>", *SPECIAL_TOKENS.values(), "<B_USYS>", "<inner_think>"]
+    else:
+        if min(special_ids.values()) < len(vocab) or len(set(special_ids.values())) != len(special_ids):
+            raise ValueError(f"special_ids must be distinct ids from {len(vocab)} on (after the byte tokens)")
+        by_id = {i: token for token, i in special_ids.items()}
+        vocab.update({by_id.get(i, f"<|reserved_{i}|>"): i for i in range(len(vocab), max(by_id) + 1)})
+        specials = list(special_ids)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tk.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", *SPECIAL_TOKENS.values(), "<B_USYS>", "<inner_think>"]
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def restrict_text_head(model, tokenizer, keep_ids=()) -> None:
+    """Zero the LM-head rows of every token but printable ASCII, the byte-level space and ``keep_ids``: those rows
+    give logit 0 and lose against the random positive logits, so random weights write readable text (and a text
+    phase ends only through a kept special token). The cost of the head is unchanged."""
+    keep = torch.zeros(model.lm_head.weight.shape[0], dtype=torch.bool)
+    readable = [tokenizer.convert_tokens_to_ids(c) for c in [*map(chr, range(0x21, 0x7F)), "\u0120"]]
+    keep[[*readable, *keep_ids]] = True
+    with torch.no_grad():
+        model.lm_head.weight[~keep.to(model.lm_head.weight.device)] = 0
 
 
 def tiny_random_processor():
@@ -132,13 +158,10 @@ def build_tiny_random(seed: int = 0, dtype: torch.dtype = torch.float32, *, trai
     if training:
         return model, processor
     model.eval()
-    readable = {processor.tokenizer.convert_tokens_to_ids(c) for c in map(chr, range(0x21, 0x7F))}
-    readable.add(processor.tokenizer.convert_tokens_to_ids("\u0120"))  # byte-level space
-    specials = {processor.tokenizer.eos_token_id, processor.audiogen_start_token_id}  # ends text / starts speech
-    with torch.no_grad():
-        for i in range(config.text_config.vocab_size):
-            if i not in readable and i not in specials:
-                model.lm_head.weight[i].zero_()
+    # end-of-text ends a text answer, <audiogen_start> starts speech
+    restrict_text_head(
+        model, processor.tokenizer, (processor.tokenizer.eos_token_id, processor.audiogen_start_token_id)
+    )
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     return model, processor
@@ -149,6 +172,7 @@ __all__ = [
     "NOISE_NOTICE",
     "TINY_GENERATION_KWARGS",
     "tiny_tokenizer",
+    "restrict_text_head",
     "tiny_random_processor",
     "tiny_random_config",
     "TINY_TRAINING_CODEBOOK_SIZES",
