@@ -34,9 +34,12 @@ Measured (``--dtype`` fp32 / bf16 for the LLM and the audio head; code2wav runs 
   chunk (``audio_min_frames``). Sampling settings: the demo's defaults (seeded). The tokenizer is built offline
   (:func:`turn_processor`: byte-level, the Baichuan special tokens at the released ids, so the prompt is longer than
   the released tokenizer would make it: the voice prompt's 12 characters are 36 byte tokens). The phrase goes on
-  while the first chunk is decoded (generation and code2wav then share the cores, as in an answer that goes on);
-  ``--turn-phrase-frames 26`` ends it right after the first chunk's frames. JSON keys
-  ``turn_<eager|compiled>_<default|provisional>_<figure>``, the best of ``--turn-repeats`` turns (all in ``*_all``);
+  past the first chunk (as in an answer that goes on);
+  ``--turn-phrase-frames 26`` ends it right after the first chunk's frames. ``--turn-decode-priorities
+  overlap,first_chunk`` compares the streamer's decode priorities (generation going on while the first chunk
+  decodes, or waiting; the engine's default is ``first_chunk``). JSON keys
+  ``turn_<eager|compiled>_<default|provisional>_<priority>_<figure>``, the best of ``--turn-repeats`` turns (all in
+  ``*_all``);
 * ``--layout-compare`` (nothing else): eager audio frames/s and text tokens/s with the weights row-major (as
   ``nn.Linear`` stores them, the eager path before issue 24) and in the column-major decode layout that ``generate``
   applies on CPUs (``transformers_baichuan_audio.modeling.decode_layout``), alternating, best of
@@ -379,7 +382,13 @@ def timed_decoder_pushes(code2wav):
 
 
 def bench_turn(
-    model, processor, clip: np.ndarray, text_tokens: int, first_chunk_frames: int | None, phrase_frames: int = 0
+    model,
+    processor,
+    clip: np.ndarray,
+    text_tokens: int,
+    first_chunk_frames: int | None,
+    phrase_frames: int = 0,
+    decode_priority: str = "first_chunk",
 ) -> dict:
     """One speech-chat turn through ``SpeechChat.stream_turn``, from the user's clip in hand to the first waveform
     samples the engine yields (the turn is then stopped). Stages, in seconds (they add up to ``first_audio_s``):
@@ -393,8 +402,9 @@ def bench_turn(
       that completes the first chunk (25, or ``first_chunk_frames``);
     * ``decoder_wait_s``: from that frame's emission to the consuming thread's push of it (the consumer catching up:
       the pushes of earlier frames, decoder set-up, queue);
-    * ``first_chunk_decode_s``: the push that returns the first chunk (code2wav: decoder, flow matching, vocoder),
-      while generation goes on in the other thread (both share the cores);
+    * ``first_chunk_decode_s``: the push that returns the first chunk (code2wav: decoder, flow matching, vocoder);
+      with ``decode_priority="overlap"`` generation goes on in the other thread meanwhile (both share the cores),
+      with ``"first_chunk"`` (the engine's default) it waits after at most one more frame;
     * ``to_listener_s``: phrase joining (``PhraseJoiner``) up to the yielded audio event.
 
     ``phrase_frames``: the spoken phrase's length (0: 100 frames past the first chunk, so generation goes on while
@@ -415,7 +425,7 @@ def bench_turn(
         audio_max_frames=audio_frames,
         max_rounds=1,
     )
-    chat = SpeechChat(model, processor, caps, first_chunk_frames=first_chunk_frames)
+    chat = SpeechChat(model, processor, caps, first_chunk_frames=first_chunk_frames, decode_priority=decode_priority)
     clock, encoding, text = TurnClock(), [], []
     tokenizer = model.model.audio_tokenizer
     hooks = [
@@ -492,12 +502,14 @@ def turn_settings(args) -> dict:
         "turn_first_chunk_frames": args.first_chunk_frames,
         "turn_repeats": args.turn_repeats,
         "turn_phrase_frames": args.turn_phrase_frames,
+        "turn_decode_priorities": args.turn_decode_priorities,
     }
 
 
 def bench_turns(model, processor, args, path: str) -> dict:
-    """Warm-up turn, then ``--turn-repeats`` turns per chunk schedule (default, provisional); figures of the turn
-    with the smallest ``first_audio_s`` per schedule, keyed ``turn_<path>_<schedule>_<figure>``."""
+    """Warm-up turn, then ``--turn-repeats`` turns per chunk schedule (default, provisional) and decode priority
+    (``--turn-decode-priorities``), alternating; figures of the turn with the smallest ``first_audio_s`` per
+    schedule and priority, keyed ``turn_<path>_<schedule>_<priority>_<figure>``."""
     clip = synthetic_clip(args.clip_seconds)
     t = time.perf_counter()
     bench_turn(model, processor, clip, args.turn_text_tokens, None, args.turn_phrase_frames)
@@ -506,17 +518,31 @@ def bench_turns(model, processor, args, path: str) -> dict:
     schedules = [("default", None)]
     if args.first_chunk_frames:
         schedules.append(("provisional", args.first_chunk_frames))
-    for name, first_chunk_frames in schedules:
-        runs = [
-            bench_turn(model, processor, clip, args.turn_text_tokens, first_chunk_frames, args.turn_phrase_frames)
-            for _ in range(args.turn_repeats)
-        ]
-        best = min(runs, key=lambda r: r["first_audio_s"] if r["first_audio_s"] is not None else float("inf"))
-        best["first_audio_s_all"] = [r["first_audio_s"] for r in runs]
-        out.update({f"turn_{path}_{name}_{k}": v for k, v in best.items()})
+    cases = [(name, frames, priority) for name, frames in schedules for priority in args.turn_decode_priorities]
+    runs: dict[tuple, list[dict]] = {case: [] for case in cases}
+    for _ in range(args.turn_repeats):
+        for name, first_chunk_frames, priority in cases:
+            runs[name, first_chunk_frames, priority].append(
+                bench_turn(
+                    model,
+                    processor,
+                    clip,
+                    args.turn_text_tokens,
+                    first_chunk_frames,
+                    args.turn_phrase_frames,
+                    priority,
+                )
+            )
+    for (name, first_chunk_frames, priority), case_runs in runs.items():
+        best = min(case_runs, key=lambda r: r["first_audio_s"] if r["first_audio_s"] is not None else float("inf"))
+        best["first_audio_s_all"] = [r["first_audio_s"] for r in case_runs]
+        out.update({f"turn_{path}_{name}_{priority}_{k}": v for k, v in best.items()})
         stages = ", ".join(f"{k[:-2]} {best[k]:.2f}" for k in TURN_STAGES if k in best)
         chunk = first_chunk_frames or "25"
-        print(f"turn {path}, first chunk after {chunk} frames: first audio {best['first_audio_s']:.2f} s ({stages})")
+        print(
+            f"turn {path}, first chunk after {chunk} frames, decode priority {priority}: first audio "
+            f"{best['first_audio_s']:.2f} s ({stages})"
+        )
     return out
 
 
@@ -590,6 +616,12 @@ def main() -> None:
         "--turn-phrase-frames", type=int, default=0, help="--turn: frames of the spoken phrase (0: it goes on)"
     )
     parser.add_argument("--turn-repeats", type=int, default=1, help="--turn: turns per schedule (the best is kept)")
+    parser.add_argument(
+        "--turn-decode-priorities",
+        type=lambda v: v.split(","),
+        default=["first_chunk"],
+        help="--turn: comma-separated decode priorities of the engine's streamer (overlap, first_chunk, always)",
+    )
     parser.add_argument(
         "--layout-compare",
         action="store_true",

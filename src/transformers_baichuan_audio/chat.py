@@ -277,6 +277,9 @@ class SpeechChat:
         limits: :class:`InputLimits` of user audio.
         first_chunk_frames, chunk_frames: the chunk schedule of the streamed speech (the code2wav streaming
             decoder's arguments; None: its defaults, a chunk per 25 frames). Checked here (``ValueError``).
+        decode_priority: whether generation goes on while a chunk decodes (the streamer's argument, see
+            :mod:`.modeling.streamer`); default ``"first_chunk"``: generation waits while each phrase's first
+            chunk is decoded, so that the first sound comes sooner on a CPU with few cores.
     """
 
     def __init__(
@@ -288,7 +291,13 @@ class SpeechChat:
         limits=None,
         first_chunk_frames: int | None = None,
         chunk_frames: int | None = None,
+        decode_priority: str = "first_chunk",
     ):
+        if decode_priority not in BaichuanAudioStreamer.DECODE_PRIORITIES:
+            raise ValueError(
+                f"decode_priority must be one of {BaichuanAudioStreamer.DECODE_PRIORITIES}, got {decode_priority!r}"
+            )
+        self.decode_priority = decode_priority
         self.model = model
         self.processor = processor
         self.generation_kwargs = dict(generation_kwargs or {})
@@ -391,6 +400,7 @@ class SpeechChat:
             tokenizer=self.processor.tokenizer,
             code2wav=self.model.code2wav if speak else None,
             decoder_kwargs=self._decoder_kwargs() if speak else None,
+            decode_priority=self.decode_priority,
         )
         result: dict = {}
 

@@ -15,13 +15,22 @@
 
 Waveform chunks come from the code2wav streaming decoder (``code2wav.streaming_decoder()``): the first chunk of a
 phrase is produced as soon as its first decoder chunk of code frames exists (25 frames = 2 s of speech for the
-released model), not at the end of the phrase. Decoding runs in the consuming thread (while it iterates), so the
-generation loop is never blocked by code2wav and both run concurrently.
+released model), not at the end of the phrase. Decoding runs in the consuming thread (while it iterates).
+
+``decode_priority`` says whether generation goes on while a waveform chunk is decoded:
+
+* ``"overlap"`` (default): the generation loop is never blocked by code2wav; both run concurrently.
+* ``"first_chunk"``: the generation loop waits (at its next audio frame, so after at most one more frame) while
+  the decoder works on each phrase's frames until its first waveform chunk is out, then both run concurrently. On a CPU with few cores the two otherwise
+  share (and oversubscribe) the cores exactly when the listener waits for the first sound: measured at the
+  0.5B-class size on 2 cores (``benchmarks/bench_generation.py --turn``), see the README.
+* ``"always"``: the generation loop waits (at its next audio frame) while any chunk is decoded.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -60,9 +69,11 @@ class BaichuanAudioStreamer(BaseStreamer):
         decoder_kwargs: extra arguments of ``code2wav.streaming_decoder`` (e.g. ``generator``).
         skip_special_tokens: passed to ``tokenizer.decode``.
         timeout: seconds the consumer waits for the next event before ``queue.Empty`` is raised (None: forever).
+        decode_priority: ``"overlap"``, ``"first_chunk"`` or ``"always"`` (see the module docstring).
     """
 
     _END = object()
+    DECODE_PRIORITIES = ("overlap", "first_chunk", "always")
 
     def __init__(
         self,
@@ -71,7 +82,14 @@ class BaichuanAudioStreamer(BaseStreamer):
         decoder_kwargs: dict | None = None,
         skip_special_tokens: bool = True,
         timeout: float | None = None,
+        decode_priority: str = "overlap",
     ):
+        if decode_priority not in self.DECODE_PRIORITIES:
+            raise ValueError(f"decode_priority must be one of {self.DECODE_PRIORITIES}, got {decode_priority!r}")
+        self.decode_priority = decode_priority
+        self._decoder_idle = threading.Event()  # cleared while the consumer decodes a chunk that generation waits for
+        self._decoder_idle.set()
+        self._sounded: set[int] = set()  # rows whose current phrase already gave waveform samples
         self.tokenizer = tokenizer
         self.code2wav = code2wav
         self.decoder_kwargs = dict(decoder_kwargs or {})
@@ -104,6 +122,7 @@ class BaichuanAudioStreamer(BaseStreamer):
         """New audio frames (n, num_codebooks) of ``row``'s current segment."""
         codes = codes.detach().to("cpu", torch.long)
         self.queue.put(BaichuanAudioStreamEvent(row=row, kind="audio", codes=codes, segment=self._segments.get(row, 0)))
+        self._decoder_idle.wait()  # decode_priority: generation waits while the consumer decodes
 
     def end_segment(self, row: int) -> None:
         """The current audio segment of ``row`` ended."""
@@ -142,8 +161,19 @@ class BaichuanAudioStreamer(BaseStreamer):
             decoder = self._decoders.get(item.row)
             if decoder is None:
                 decoder = self._decoders[item.row] = self.code2wav.streaming_decoder(**self.decoder_kwargs)
-            item.waveform = decoder.push(item.codes.to(self.code2wav.device)).detach().cpu()
+            waits = self.decode_priority == "always" or (
+                self.decode_priority == "first_chunk" and item.row not in self._sounded
+            )
+            if waits:
+                self._decoder_idle.clear()
+            try:
+                item.waveform = decoder.push(item.codes.to(self.code2wav.device)).detach().cpu()
+            finally:
+                self._decoder_idle.set()
+            if item.waveform.numel():
+                self._sounded.add(item.row)
         elif item.kind == "segment_end" and item.row in self._decoders:
+            self._sounded.discard(item.row)
             rest = self._decoders.pop(item.row).finish().detach().cpu()
             self._pending.append(item)  # the rest of the phrase comes as one more audio event before segment_end
             return BaichuanAudioStreamEvent(row=item.row, kind="audio", waveform=rest, segment=item.segment)
