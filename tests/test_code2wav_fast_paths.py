@@ -15,7 +15,7 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 
 from transformers_baichuan_audio.configuration import BaichuanAudioConfig, BaichuanAudioFlowMatchingConfig
 from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioCode2Wav
-from transformers_baichuan_audio.modeling.flow_matching import BaichuanAudioUNetAttention
+from transformers_baichuan_audio.modeling.flow_matching import BaichuanAudioUNetAttention, euler_cfm_sample
 from transformers_baichuan_audio.modeling.layers import build_attention_mask
 
 
@@ -73,6 +73,35 @@ def test_bfloat16_compute_dtype_is_close_to_fp32_and_not_equal():
     # bf16 keeps 8 mantissa bits (relative step 2^-8 = 0.004); over 10 Euler steps of a random U-Net the measured
     # error is ~1e-2 on a mel of range ~8, so 0.1 leaves a margin while catching a wrong path (errors of order 1).
     assert 0 < diff < 0.1, diff
+
+
+def _casts_of_shape(shape: list[int], run) -> int:
+    """Number of dtype casts (``aten::_to_copy``) of tensors of ``shape`` while ``run()`` runs (profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        run()
+    return sum(1 for e in prof.events() if e.name == "aten::_to_copy" and e.input_shapes and e.input_shapes[0] == shape)
+
+
+def test_bfloat16_casts_each_weight_once_per_decode_with_the_same_numbers():
+    """The samplers enter the estimator's autocast once around all Euler steps: one cast of a weight per decode
+    (autocast's cache), instead of one per step, and the numbers of a per-step autocast (the sampler called on the
+    bare estimator)."""
+    model = small_code2wav(100, [32])
+    model.config.flow_matching_config.compute_dtype = "bfloat16"
+    codes = torch.stack([torch.randint(0, s, (30,)) for s in model.config.codebook_sizes], dim=1)
+    fm = model.config.flow_matching_config
+    shape = list(model.estimator.time_mlp.linear_1.weight.shape)  # a weight's (2-D: no activation has it)
+    with torch.no_grad():
+        hidden, lengths = model.decode_hidden(model.dequantize(codes)[None], torch.tensor([30]))
+        noise = torch.randn(1, 80, int(lengths[0]), generator=torch.Generator().manual_seed(3))
+        out = {}
+        once = _casts_of_shape(shape, lambda: out.update(mel=model.flow_matching_mel(hidden, lengths, noise=noise)[0]))
+        mu, _ = model.prior(hidden, lengths)
+        args = (noise, mu.transpose(1, 2).float(), torch.ones(1, 1, noise.shape[-1]), fm.diffusion_steps)
+        args = (*args, fm.inference_cfg_rate, fm.t_scheduler)
+        per_step = _casts_of_shape(shape, lambda: out.update(reference=euler_cfm_sample(model.estimator, *args)))
+    assert once >= 1 and per_step == fm.diffusion_steps * once
+    assert torch.equal(out["mel"], out["reference"])
 
 
 def test_compute_dtype_is_validated():

@@ -391,16 +391,17 @@ class BaichuanAudioCode2Wav(BaichuanAudioCode2WavPreTrainedModel):
             raise ValueError(
                 f"noise must have shape {tuple(mu.shape)} (batch, n_mels, frames), got {tuple(noise.shape)}"
             )
-        mel = euler_cfm_sample(
-            self.estimator,
-            noise.to(mu.device, mu.dtype),
-            mu,
-            mask,
-            num_steps or self.config.flow_matching_config.diffusion_steps,
-            self.config.flow_matching_config.inference_cfg_rate,
-            self.config.flow_matching_config.t_scheduler,
-            callback=callback,
-        )
+        with self.estimator.compute_context(mu.device):
+            mel = euler_cfm_sample(
+                self.estimator,
+                noise.to(mu.device, mu.dtype),
+                mu,
+                mask,
+                num_steps or self.config.flow_matching_config.diffusion_steps,
+                self.config.flow_matching_config.inference_cfg_rate,
+                self.config.flow_matching_config.t_scheduler,
+                callback=callback,
+            )
         return mel * mask, out_lengths
 
     def vocode(self, mel: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

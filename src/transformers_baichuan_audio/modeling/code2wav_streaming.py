@@ -256,15 +256,16 @@ class BaichuanAudioStreamingDecoder:
             cache.scope = next(steps)
             return model.estimator(x, mask, mu, t, cache=cache)
 
-        mel = euler_cfm_sample(
-            estimator,
-            self._noise(out_end)[..., a:out_end].to(mu.device, mu.dtype),
-            mu,
-            ones,
-            self.num_steps or fm.diffusion_steps,
-            fm.inference_cfg_rate,
-            fm.t_scheduler,
-        )
+        with model.estimator.compute_context(mu.device):
+            mel = euler_cfm_sample(
+                estimator,
+                self._noise(out_end)[..., a:out_end].to(mu.device, mu.dtype),
+                mu,
+                ones,
+                self.num_steps or fm.diffusion_steps,
+                fm.inference_cfg_rate,
+                fm.t_scheduler,
+            )
         cache.scope = None
         return mel
 

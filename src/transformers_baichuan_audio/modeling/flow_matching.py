@@ -397,15 +397,21 @@ class BaichuanAudioFlowEstimator(nn.Module):
         """
         if cache is not None and not self.streamable:
             raise ValueError("this U-Net has inner levels (non-causal resampling): no chunk-by-chunk forward")
-        compute_dtype = self.config.flow_matching_config.compute_dtype
-        compute_dtype = getattr(torch, compute_dtype) if compute_dtype else self.time_mlp.linear_1.weight.dtype
-        if compute_dtype == self.time_mlp.linear_1.weight.dtype:
-            context = contextlib.nullcontext()
-        else:
-            context = torch.autocast(x.device.type, dtype=compute_dtype)
         out_dtype = x.dtype
-        with context:
+        with self.compute_context(x.device):
             return self.estimate(x, mask, mu, t, cache).to(out_dtype)
+
+    def compute_context(self, device: torch.device | None = None) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` in ``flow_matching_config.compute_dtype`` when it differs from the weights' dtype, else
+        a no-op. :meth:`forward` enters it on every call; the samplers also enter it once around all their Euler
+        steps, so that autocast casts each weight once per decode instead of once per step (its cache of cast
+        weights lives until the outermost autocast exits; same numbers)."""
+        weight = self.time_mlp.linear_1.weight
+        compute_dtype = self.config.flow_matching_config.compute_dtype
+        compute_dtype = getattr(torch, compute_dtype) if compute_dtype else weight.dtype
+        if compute_dtype == weight.dtype:
+            return contextlib.nullcontext()
+        return torch.autocast((device or weight.device).type, dtype=compute_dtype)
 
     def estimate(self, x, mask, mu, t, cache=None) -> torch.Tensor:
         """:meth:`forward` in the weights' dtype (or under the caller's autocast)."""
