@@ -21,9 +21,10 @@ released model), not at the end of the phrase. Decoding runs in the consuming th
 
 * ``"overlap"`` (default): the generation loop is never blocked by code2wav; both run concurrently.
 * ``"first_chunk"``: the generation loop waits (at its next audio frame, so after at most one more frame) while
-  the decoder works on each phrase's frames until its first waveform chunk is out, then both run concurrently. On a CPU with few cores the two otherwise
-  share (and oversubscribe) the cores exactly when the listener waits for the first sound: measured at the
-  0.5B-class size on 2 cores (``benchmarks/bench_generation.py --turn``), see the README.
+  the decoder works on each phrase's frames until its first waveform chunk is out, then both run concurrently. On
+  a CPU with few cores the two otherwise share (and oversubscribe) the cores exactly when the listener waits for
+  the first sound (measured at the 0.5B-class size on 2 cores with ``benchmarks/bench_generation.py --turn``: see
+  the README).
 * ``"always"``: the generation loop waits (at its next audio frame) while any chunk is decoded.
 """
 
