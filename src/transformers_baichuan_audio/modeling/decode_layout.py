@@ -26,6 +26,10 @@ contiguous tensors. Results are the same up to the summation order of the BLAS (
 codes were the same in every test). Re-striding copies one matrix at a time (transiently one more copy of the
 largest, e.g. the LM head).
 
+One caveat: distributed training wrappers (DDP, FSDP) lay out their gradient buckets from the parameters' strides
+when they are built; generating with the auto layout in the middle of such a run may make them warn and copy. Pass
+``decode_layout=False`` there (the auto mode already skips a model in train mode).
+
 ``generate`` applies it by default when the model decodes on a CPU (``decode_layout=None``: auto); pass
 ``decode_layout=False`` to keep the row-major layout, or call :func:`apply_decode_layout` / :func:`row_major_layout`
 yourself. GPUs are left alone (their GEMV kernels read either layout at full speed).
