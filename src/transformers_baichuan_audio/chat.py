@@ -293,11 +293,7 @@ class SpeechChat:
         chunk_frames: int | None = None,
         decode_priority: str = "first_chunk",
     ):
-        if decode_priority not in BaichuanAudioStreamer.DECODE_PRIORITIES:
-            raise ValueError(
-                f"decode_priority must be one of {BaichuanAudioStreamer.DECODE_PRIORITIES}, got {decode_priority!r}"
-            )
-        self.decode_priority = decode_priority
+        self.decode_priority = BaichuanAudioStreamer.check_decode_priority(decode_priority)
         self.model = model
         self.processor = processor
         self.generation_kwargs = dict(generation_kwargs or {})

@@ -56,14 +56,13 @@ def _decode_linears(model: nn.Module) -> list[nn.Linear]:
     return [m for part in parts if part is not None for m in part.modules() if isinstance(m, nn.Linear)]
 
 
-def _eligible(linear: nn.Linear, embedding_weights: set[int]) -> bool:
+def _eligible(linear: nn.Linear, tied: torch.Tensor | None) -> bool:
     weight = linear.weight
     return (
         weight.device.type == "cpu"
         and weight.dtype.is_floating_point
-        and weight.ndim == 2
         and linear.out_features >= linear.in_features
-        and id(weight) not in embedding_weights  # a tied LM head: the embedding lookup wants rows
+        and weight is not tied  # an LM head tied to the input embeddings: the embedding lookup wants rows
     )
 
 
@@ -74,12 +73,13 @@ def apply_decode_layout(model: nn.Module) -> int:
     Do not call it while another thread computes with the model (``generate`` calls it before its first forward,
     under a lock shared by all calls).
     """
-    embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = getattr(embeddings, "weight", None)
     changed = 0
     with _LAYOUT_LOCK, torch.no_grad():
         for linear in _decode_linears(model):
             weight = linear.weight
-            if not _eligible(linear, embedding_weights) or weight.t().is_contiguous():
+            if not _eligible(linear, tied) or weight.t().is_contiguous():
                 continue
             weight.data = weight.data.t().contiguous().t()
             changed += 1

@@ -85,9 +85,7 @@ class BaichuanAudioStreamer(BaseStreamer):
         timeout: float | None = None,
         decode_priority: str = "overlap",
     ):
-        if decode_priority not in self.DECODE_PRIORITIES:
-            raise ValueError(f"decode_priority must be one of {self.DECODE_PRIORITIES}, got {decode_priority!r}")
-        self.decode_priority = decode_priority
+        self.decode_priority = self.check_decode_priority(decode_priority)
         self._decoder_idle = threading.Event()  # cleared while the consumer decodes a chunk that generation waits for
         self._decoder_idle.set()
         self._sounded: set[int] = set()  # rows whose current phrase already gave waveform samples
@@ -103,6 +101,13 @@ class BaichuanAudioStreamer(BaseStreamer):
         self._pending: list[BaichuanAudioStreamEvent] = []
         self._segments: dict[int, int] = {}
         self._prompt_seen = False
+
+    @classmethod
+    def check_decode_priority(cls, decode_priority: str) -> str:
+        """``decode_priority`` if it is one of :attr:`DECODE_PRIORITIES`, else ``ValueError``."""
+        if decode_priority not in cls.DECODE_PRIORITIES:
+            raise ValueError(f"decode_priority must be one of {cls.DECODE_PRIORITIES}, got {decode_priority!r}")
+        return decode_priority
 
     # --------------------------------------------------------------------------------------------- producer side
     def put_text(self, row: int, token_ids: list[int]) -> None:
