@@ -40,8 +40,8 @@ Measured (``--dtype`` fp32 / bf16 for the LLM and the audio head; code2wav runs 
   decodes, or waiting; the engine's default is ``first_chunk``). JSON keys
   ``turn_<eager|compiled>_<default|provisional>_<priority>_<figure>``, the best of ``--turn-repeats`` turns (all in
   ``*_all``);
-* ``--layout-compare`` (nothing else): eager audio frames/s and text tokens/s with the weights row-major (as
-  ``nn.Linear`` stores them, the eager path before issue 24) and in the column-major decode layout that ``generate``
+* ``--layout-compare`` (nothing else): eager audio frames/s and text tokens/s with plain ``F.linear`` (as
+  ``nn.Linear`` computes, the eager path before issue 24; keys ``row_major``) and in the row-block decode layout that ``generate``
   applies on CPUs (``transformers_baichuan_audio.modeling.decode_layout``), alternating, best of
   ``--layout-repeats``; and the GEMV bandwidth of both layouts (JSON keys ``layout_*``, ``gemv_*``);
 * peak memory (CPU: max RSS; GPU: max allocated).
@@ -74,11 +74,12 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import CompileConfig
 
 from transformers_baichuan_audio.configuration import BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
-from transformers_baichuan_audio.modeling.decode_layout import row_major_layout
+from transformers_baichuan_audio.modeling.decode_layout import blocked_linear, remove_decode_layout
 from transformers_baichuan_audio.modeling.streamer import BaichuanAudioStreamer
 from transformers_baichuan_audio.tiny_random import restrict_text_head, tiny_tokenizer
 
@@ -128,24 +129,22 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_gemv_bandwidth(device: str, dtype: torch.dtype, gib: float, column_major: bool = False) -> float:
-    """Bytes/s of weights streamed by batch-1 matrix-vector products (a stack of 896x4864 matrices, LLM-MLP sized,
-    together ``gib`` GiB so nothing stays in cache): what eager decode can reach with torch's own kernels (MKL runs
-    this GEMV on one thread), next to the ``sum`` bandwidth of :func:`measure_bandwidth`. The compiled path uses
-    inductor's GEMV instead and can exceed it. ``column_major``: the matrices stored as the decode layout stores
-    them (``transformers_baichuan_audio.modeling.decode_layout``)."""
+def measure_gemv_bandwidth(device: str, dtype: torch.dtype, gib: float, row_blocks: bool = False) -> float:
+    """Bytes/s of weights streamed by batch-1 matrix-vector products (a stack of 4864x896 matrices, LLM-MLP sized,
+    together ``gib`` GiB so nothing stays in cache): what eager decode reaches with ``F.linear`` (MKL runs this GEMV
+    on one thread), next to the ``sum`` bandwidth of :func:`measure_bandwidth`. ``row_blocks``: as the decode layout
+    computes them, one row block per thread (``transformers_baichuan_audio.modeling.decode_layout``)."""
     rows, cols = 4864, 896
     count = max(1, int(gib * 2**30) // (rows * cols * torch.finfo(dtype).bits // 8))
     weights = [torch.randn(rows, cols, device=device).to(dtype) for _ in range(count)]
-    if column_major:
-        weights = [w.t().contiguous().t() for w in weights]
     x = torch.randn(1, cols, device=device).to(dtype)
+    blocks = torch.get_num_threads()
     best = float("inf")
     for _ in range(3):
         sync(device)
         t = time.perf_counter()
         for w in weights:
-            x @ w.T
+            blocked_linear(x, w, None, blocks) if row_blocks else F.linear(x, w)
         sync(device)
         best = min(best, time.perf_counter() - t)
     return sum(w.numel() * w.element_size() for w in weights) / best
@@ -547,13 +546,13 @@ def bench_turns(model, processor, args, path: str) -> dict:
 
 
 def bench_layouts(model, config, args, frames: int, tokens: int) -> dict:
-    """``--layout-compare``: eager audio frames/s and text tokens/s with the weights row-major (as ``nn.Linear``
-    stores them; the eager path before issue 24) and in the decode layout (the default of ``generate`` on CPUs),
+    """``--layout-compare``: eager audio frames/s and text tokens/s with plain ``F.linear`` (as ``nn.Linear``
+    computes; the eager path before issue 24) and in the decode layout (the default of ``generate`` on CPUs),
     alternating, best of ``--layout-repeats`` each; plus the GEMV bandwidth of both layouts."""
     dtype = next(model.parameters()).dtype
     result = {
         "gemv_row_major_bytes_per_s": measure_gemv_bandwidth(args.device, dtype, args.bandwidth_gib),
-        "gemv_column_major_bytes_per_s": measure_gemv_bandwidth(args.device, dtype, args.bandwidth_gib, True),
+        "gemv_row_blocks_bytes_per_s": measure_gemv_bandwidth(args.device, dtype, args.bandwidth_gib, True),
     }
     best: dict[str, dict[str, float]] = {"row_major": {}, "decode": {}}
     with torch.inference_mode():
@@ -561,7 +560,7 @@ def bench_layouts(model, config, args, frames: int, tokens: int) -> dict:
         for _ in range(args.layout_repeats):
             for layout in ("row_major", "decode"):
                 if layout == "row_major":
-                    row_major_layout(model)
+                    remove_decode_layout(model)
                 DECODE_KWARGS["decode_layout"] = layout == "decode"
                 audio = bench_audio(model, config, args.device, args.prompt_len, frames)["audio_frames_per_s"]
                 text = bench_text(model, config, args.device, args.prompt_len, tokens)["text_tokens_per_s"]
@@ -625,7 +624,7 @@ def main() -> None:
     parser.add_argument(
         "--layout-compare",
         action="store_true",
-        help="only eager frames/s and tokens/s with row-major weights vs the decode layout (alternating)",
+        help="only eager frames/s and tokens/s with plain F.linear vs the decode layout (alternating)",
     )
     parser.add_argument("--layout-repeats", type=int, default=2, help="--layout-compare: runs per layout")
     args = parser.parse_args()

@@ -1,24 +1,40 @@
-"""The column-major decode layout (``modeling/decode_layout.py``) on a tiny random model (fp32, CPU).
+"""The row-block decode layout (``modeling/decode_layout.py``) on a tiny random model (fp32, CPU).
 
-Independent expectations: the re-strided weights hold exactly the values they held (``torch.equal``) and only the
-shapes the rule names are touched; generation with the layout gives the same tokens and codes as with the row-major
-layout (greedy), and logits equal to 1e-5 (the BLAS only changes its summation order: float32 rounding of sums of
-at most a few hundred terms of size ~1 is ~1e-6); a saved model loads back with contiguous, equal weights.
+Independent expectations: :func:`blocked_linear` equals ``F.linear`` (the same dot products, only the BLAS's
+summation order differs: float32 rounding of sums of at most a few hundred terms of size ~1 is ~1e-6, so 1e-5);
+the layout leaves every parameter as it was (same object, same storage, same values) and routes exactly the calls
+its rule names through the blocks (counted); generation with it gives the same tokens and codes as without
+(greedy) and logits equal to 1e-5; a saved model loads back equal.
 """
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from transformers_baichuan_audio.configuration import BaichuanAudioConfig
+from transformers_baichuan_audio.modeling import decode_layout
 from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
 from transformers_baichuan_audio.modeling.decode_layout import (
     apply_decode_layout,
-    row_major_layout,
+    blocked_linear,
+    has_decode_layout,
+    remove_decode_layout,
     wants_decode_layout,
 )
+
+
+@pytest.fixture
+def two_threads():
+    """The blocks follow ``torch.get_num_threads()``: two, as on the project's CPU (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def _model(seed: int = 0, **overrides) -> BaichuanAudioForConditionalGeneration:
@@ -33,40 +49,94 @@ def _decode_linears(model):
     return {id(m): m for part in parts for m in part.modules() if isinstance(m, nn.Linear)}.values()
 
 
-def _column_major(weight: torch.Tensor) -> bool:
-    return weight.t().is_contiguous() and not weight.is_contiguous()
+@pytest.mark.parametrize("blocks", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(1, 1, 24), (3, 1, 24), (4, 24), (24,)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_blocked_linear_equals_f_linear(blocks, shape, bias):
+    torch.manual_seed(blocks)
+    weight = torch.randn(37, 24)  # 37 rows: a remainder for every block count
+    b = torch.randn(37) if bias else None
+    x = torch.randn(shape)
+    out = blocked_linear(x, weight, b, blocks)
+    expected = F.linear(x, weight, b)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
-def test_layout_restrides_exactly_the_tall_decode_weights_and_keeps_their_values():
+def test_layout_changes_the_plain_decode_linears_and_no_parameter():
     model = _model()
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    params = {name: p for name, p in model.named_parameters()}
-    tall = [m for m in _decode_linears(model) if m.out_features >= m.in_features]
-    assert tall and any(m.out_features < m.in_features for m in _decode_linears(model))  # both kinds exist
-
-    changed = apply_decode_layout(model)
-
-    assert changed == len(tall)
-    for m in _decode_linears(model):
-        assert _column_major(m.weight) == (m.out_features >= m.in_features), m
+    before = {name: (p, p.data_ptr(), p.detach().clone()) for name, p in model.named_parameters()}
+    linears = list(_decode_linears(model))
+    assert apply_decode_layout(model) == len(linears)
+    assert all(has_decode_layout(m) for m in linears)
     for name, p in model.named_parameters():
-        assert p is params[name]  # same Parameter objects (optimizers / PEFT keep working)
-        assert torch.equal(p, before[name]), name
-    # Neither the audio tokenizer nor the embeddings are touched.
-    assert all(p.is_contiguous() for n, p in model.named_parameters() if "embed" in n or "audio_tokenizer" in n)
+        param, ptr, values = before[name]
+        assert p is param and p.data_ptr() == ptr and torch.equal(p, values), name
+    # Neither the audio tokenizer nor code2wav are touched.
+    assert not any(has_decode_layout(m) for m in model.model.audio_tokenizer.modules())
     assert apply_decode_layout(model) == 0  # idempotent
-    assert row_major_layout(model) == len(tall)
-    assert all(p.is_contiguous() for p in model.parameters())
+    assert remove_decode_layout(model) == len(linears)
+    assert not any(has_decode_layout(m) for m in model.modules())
+    assert remove_decode_layout(model) == 0
 
 
-def test_tied_lm_head_keeps_the_embedding_layout():
+def test_subclasses_keep_their_forward_and_copies_their_own():
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = _model()
+    model.audio_head.extra = Scaled(4, 4)
+    apply_decode_layout(model)
+    assert not has_decode_layout(model.audio_head.extra)
+    twin = copy.deepcopy(model)
+    for original, copied in zip(_decode_linears(model), _decode_linears(twin), strict=True):
+        if has_decode_layout(original):
+            assert copied.forward.__self__ is copied  # bound to the copy, not to the original layer
+
+
+def test_which_calls_take_the_blocks(two_threads, monkeypatch):
+    calls = []
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return blocked_linear(*args)
+
+    monkeypatch.setattr(decode_layout, "blocked_linear", counting)
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.lm_head = nn.Linear(16, 32)
+    assert apply_decode_layout(holder) == 1
+    layer = holder.lm_head
+
+    def taken(x, grad=False):
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            out = layer(x)
+        torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=0)
+        return bool(calls)
+
+    assert taken(torch.randn(1, 1, 16))
+    assert taken(torch.randn(decode_layout.MAX_BLOCK_ROWS, 16))
+    assert not taken(torch.randn(decode_layout.MAX_BLOCK_ROWS + 1, 16))  # GEMM-shaped: MKL's own
+    assert not taken(torch.randn(1, 16), grad=True)  # training: the weight requires grad
+    torch.set_num_threads(1)
+    assert not taken(torch.randn(1, 16))  # one thread: nothing to split
+    torch.set_num_threads(2)
+    layer.bfloat16()
+    calls.clear()
+    layer(torch.randn(1, 16, dtype=torch.bfloat16))
+    assert not calls  # bf16 bmm is slower than the BLAS GEMV on CPUs
+
+
+def test_tied_lm_head_stays_tied():
     model = _model()
     model.lm_head.weight = model.model.language_model.embed_tokens.weight  # tied, as tie_weights() makes it
     apply_decode_layout(model)
-    assert model.lm_head.weight.is_contiguous()
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
 
 
-def test_generation_is_unchanged_by_the_layout():
+def test_generation_is_unchanged_by_the_layout(two_threads):
     model = _model(seed=1)
     config = model.config
     torch.manual_seed(3)
@@ -81,30 +151,30 @@ def test_generation_is_unchanged_by_the_layout():
         output_audio_logits=True,
     )
     plain = model.generate(prompt, decode_layout=False, **kwargs)
-    assert all(p.is_contiguous() for p in model.parameters())
+    assert not any(has_decode_layout(m) for m in model.modules())
     laid = model.generate(prompt, **kwargs)  # auto: CPU + eval mode
-    assert any(_column_major(m.weight) for m in _decode_linears(model))
+    assert all(has_decode_layout(m) for m in _decode_linears(model))
     for row in range(2):
         assert torch.equal(laid.audio_codes[row][0], plain.audio_codes[row][0])
         for a, b in zip(laid.audio_logits[row], plain.audio_logits[row], strict=True):
             for x, y in zip(a, b, strict=True):
                 torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
     text_ids = prompt[:, :-1]
-    row_major_layout(model)
+    remove_decode_layout(model)
     plain_text = model.generate(text_ids, max_new_tokens=6, do_sample=False, decode_layout=False)
     laid_text = model.generate(text_ids, max_new_tokens=6, do_sample=False, decode_layout=True)
     assert torch.equal(plain_text, laid_text)
 
 
-def test_saved_model_is_contiguous_and_equal(tmp_path):
+def test_saved_model_is_equal(tmp_path):
     model = _model(seed=2)
     apply_decode_layout(model)
     model.save_pretrained(tmp_path)
     loaded = BaichuanAudioForConditionalGeneration.from_pretrained(tmp_path)
     reference = dict(model.named_parameters())
     for name, p in loaded.named_parameters():
-        assert p.is_contiguous(), name
         assert torch.equal(p, reference[name]), name
+    assert not any(has_decode_layout(m) for m in loaded.modules())
 
 
 def test_when_generate_applies_it():

@@ -1,100 +1,137 @@
-"""Weight layout for batch-1 decoding on CPUs: the wide matrices stored column-major.
+"""Batch-1 decode products on CPUs: each weight read as row blocks, one block per thread.
 
 One decode step (a text token, or an audio frame: one LLM step plus the audio head's 8 positions) multiplies a
-single row by every weight matrix, so its speed is how fast the weights stream from memory. ``nn.Linear`` stores
-``weight`` as (out_features, in_features), row-major; ``F.linear`` then asks the BLAS for ``x @ W.T``, and MKL runs
-that batch-1 product on one thread. Measured on the 2-core CPU of this project (batch-1 ``F.linear``, fp32, 2
-threads, 0.5 GiB of matrices of each shape so that they stream from DRAM; ``benchmarks/bench_generation.py
---layout-compare`` measures whole decode steps), the SAME values stored column-major (strides ``(1,
-out_features)``, so that ``W.T`` is contiguous and MKL reads it as a plain (in, out) matrix) stream faster when
-the matrix is at least as tall as it is wide:
+single row by every weight matrix, so its speed is how fast the weights stream from memory. ``F.linear`` asks the
+BLAS for ``x @ W.T``, and MKL runs that batch-1 product (a GEMV) on ONE thread: on a 2-core CPU half of the memory
+bandwidth is unused. The same product written as a batched one, ``torch.bmm(W.view(T, N / T, K), x)`` over ``T`` row
+blocks of the (unchanged, row-major) weight, runs the blocks on ``T`` threads. Measured on the 2-core CPU of this
+project (fp32, 2 threads, batch 1, ~0.4 GiB of matrices of each shape so that they stream from DRAM, best of 7; a
+noisy machine, so +-20 %)::
 
-=============================  =========  ============
-shape (out x in)               row-major  column-major
-=============================  =========  ============
-4864 x 896 (LLM gate / up)     11 GB/s    17 GB/s
-1792 x 896 (audio head FFN)    12 GB/s    15-17 GB/s
-896 x 896 (q / o)              11 GB/s    13 GB/s
-896 x 4864 (LLM down)          13-17 GB/s 12-14 GB/s
-128 x 896 (k / v)              11 GB/s    6 GB/s
-=============================  =========  ============
+    shape (out x in)              F.linear   column-major F.linear   2 row blocks (bmm)
+    4864 x 896 (LLM gate / up)    13 GB/s    21 GB/s                 44 GB/s
+    896 x 896 (LLM q / o)         13 GB/s    15 GB/s                 46 GB/s
+    896 x 4864 (LLM down)         19 GB/s    16 GB/s                 25 GB/s
+    1792 x 896 (audio head FFN)   12 GB/s    -                       28 GB/s
+    128 x 896 (LLM k / v)         10 GB/s    -                       21 GB/s
+    37984 x 896 (LM head quarter) 12 GB/s    25 GB/s                 31 GB/s
 
-so :func:`apply_decode_layout` re-strides, in place, the weights with ``out_features >= in_features`` and leaves the
-others alone. Nothing else changes: the parameters keep their shapes, values, dtypes and identities (optimizers and
-PEFT wrappers holding them are unaffected), gradients flow as before, and ``save_pretrained`` writes the usual
-contiguous tensors. Results are the same up to the summation order of the BLAS (float rounding; greedy tokens and
-codes were the same in every test). Re-striding copies one matrix at a time (transiently one more copy of the
-largest, e.g. the LM head).
+(the column-major layout was this module's first approach, issue 24.) With 2 to 4 input rows (batched generation)
+the blocks still win (4864 x 896: 22 vs 5.5 GB/s for 2 rows, 13.5 vs 7 for 4); from 8 rows on MKL's own GEMM is as
+fast, so more rows, training (gradients), other dtypes (bf16 is slower as bmm on CPUs), other devices and
+non-contiguous weights keep ``F.linear``. Results equal ``F.linear``'s up to the BLAS's summation order (float
+rounding, ~1e-6 relative; greedy tokens and codes were the same in every test).
 
-One caveat: distributed training wrappers (DDP, FSDP) lay out their gradient buckets from the parameters' strides
-when they are built; generating with the auto layout in the middle of such a run may make them warn and copy. Pass
-``decode_layout=False`` there (the auto mode already skips a model in train mode).
+:func:`apply_decode_layout` gives every plain ``nn.Linear`` the language model, the audio head and the LM head have
+(not subclasses, whose own ``forward`` stays; not the audio tokenizer or code2wav, which run GEMM-shaped work) a
+forward that chooses per call; :func:`remove_decode_layout` takes it away again. Nothing else changes: weights keep
+their storage, values and Parameter identities (a tied LM head stays tied; optimizers, PEFT wrappers and
+``save_pretrained`` see the usual tensors). The number of blocks is ``torch.get_num_threads()`` at call time (a
+remainder of ``out_features % blocks`` rows goes through ``F.linear``).
 
-``generate`` applies it by default when the model decodes on a CPU (``decode_layout=None``: auto); pass
-``decode_layout=False`` to keep the row-major layout, or call :func:`apply_decode_layout` / :func:`row_major_layout`
-yourself. GPUs are left alone (their GEMV kernels read either layout at full speed).
+``generate`` applies it by default when the model decodes on a CPU in eval mode (``decode_layout=None``: auto);
+``decode_layout=False`` leaves the model as it is; GPUs are left alone (their GEMV kernels use the whole chip).
 """
 
 from __future__ import annotations
 
 import threading
+import types
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-#: One re-striding at a time: two ``generate`` calls starting together in two threads must not both swap a weight
-#: while the other already computes with it.
+#: Input rows up to which the row blocks beat MKL's GEMM (measured; see the module docstring).
+MAX_BLOCK_ROWS = 4
+
+#: One change at a time: two ``generate`` calls starting together in two threads must not both install the forward.
 _LAYOUT_LOCK = threading.Lock()
 
 
+def blocked_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int) -> torch.Tensor:
+    """``F.linear(input, weight, bias)`` computed as ``blocks`` row blocks of ``weight`` in one ``torch.bmm`` (one
+    block per thread); the ``out_features % blocks`` last rows, if any, through ``F.linear``. ``weight`` must be
+    contiguous; ``input`` (..., in_features)."""
+    out_features, in_features = weight.shape
+    rows = input.numel() // in_features
+    per_block = out_features // blocks
+    main = per_block * blocks
+    x = input.reshape(rows, in_features).t().expand(blocks, in_features, rows)
+    w = weight[:main].view(blocks, per_block, in_features)
+    if bias is None:
+        out = torch.bmm(w, x)
+    else:
+        out = torch.baddbmm(bias[:main].view(blocks, per_block, 1), w, x)
+    out = out.permute(2, 0, 1).reshape(rows, main)
+    if main < out_features:
+        rest = F.linear(input.reshape(rows, in_features), weight[main:], None if bias is None else bias[main:])
+        out = torch.cat([out, rest], dim=-1)
+    return out.reshape(*input.shape[:-1], out_features)
+
+
+def _decode_forward(self: nn.Linear, input: torch.Tensor) -> torch.Tensor:
+    """The forward :func:`apply_decode_layout` installs: row blocks for a few fp32 rows on a CPU without gradients,
+    else ``F.linear`` (also inside ``torch.compile``, which has its own GEMV code)."""
+    if torch.compiler.is_compiling():
+        return F.linear(input, self.weight, self.bias)
+    weight, blocks = self.weight, torch.get_num_threads()
+    if (
+        blocks < 2
+        or self.out_features < blocks
+        or input.numel() == 0
+        or input.numel() > MAX_BLOCK_ROWS * self.in_features
+        or weight.dtype != torch.float32
+        or input.dtype != torch.float32
+        or weight.device.type != "cpu"
+        or not weight.is_contiguous()
+        or (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))
+    ):
+        return F.linear(input, weight, self.bias)
+    return blocked_linear(input, weight, self.bias, blocks)
+
+
 def _decode_linears(model: nn.Module) -> list[nn.Linear]:
-    """The ``nn.Linear`` layers a decode step reads: the language model, the audio head and the LM head (the audio
-    tokenizer and code2wav run batched, GEMM-shaped work, and are left alone)."""
+    """The plain ``nn.Linear`` layers a decode step reads: the language model, the audio head and the LM head."""
     parts = [getattr(model, "lm_head", None), getattr(model, "audio_head", None)]
     inner = getattr(model, "model", None)
     parts.append(getattr(inner, "language_model", None))
-    return [m for part in parts if part is not None for m in part.modules() if isinstance(m, nn.Linear)]
+    found = {id(m): m for part in parts if part is not None for m in part.modules() if type(m) is nn.Linear}
+    return list(found.values())
 
 
-def _eligible(linear: nn.Linear, tied: torch.Tensor | None) -> bool:
-    weight = linear.weight
-    return (
-        weight.device.type == "cpu"
-        and weight.dtype.is_floating_point
-        and linear.out_features >= linear.in_features
-        and weight is not tied  # an LM head tied to the input embeddings: the embedding lookup wants rows
-    )
+def has_decode_layout(linear: nn.Module) -> bool:
+    """Whether :func:`apply_decode_layout` gave ``linear`` its decode forward."""
+    forward = linear.__dict__.get("forward")
+    return isinstance(forward, types.MethodType) and forward.__func__ is _decode_forward
 
 
 def apply_decode_layout(model: nn.Module) -> int:
-    """Store the eligible decode weights of ``model`` column-major (see the module docstring), in place.
+    """Give the decode ``nn.Linear`` layers of ``model`` the row-block forward (see the module docstring).
 
-    Idempotent (weights already column-major are skipped). Returns the number of weights re-strided by this call.
-    Do not call it while another thread computes with the model (``generate`` calls it before its first forward,
-    under a lock shared by all calls).
+    Idempotent. Returns the number of layers changed by this call. Also stores contiguous (row-major) any decode
+    weight left column-major (the layout of earlier versions). Do not call it while another thread computes with
+    the model (``generate`` calls it before its first forward, under a lock shared by all calls).
     """
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    tied = getattr(embeddings, "weight", None)
     changed = 0
     with _LAYOUT_LOCK, torch.no_grad():
         for linear in _decode_linears(model):
-            weight = linear.weight
-            if not _eligible(linear, tied) or weight.t().is_contiguous():
+            if has_decode_layout(linear):
                 continue
-            weight.data = weight.data.t().contiguous().t()
+            if linear.weight.device.type != "meta" and not linear.weight.is_contiguous():
+                linear.weight.data = linear.weight.data.contiguous()
+            linear.forward = types.MethodType(_decode_forward, linear)
             changed += 1
     return changed
 
 
-def row_major_layout(model: nn.Module) -> int:
-    """Undo :func:`apply_decode_layout`: every decode weight stored contiguous (row-major) again. Returns the number
-    of weights re-strided."""
+def remove_decode_layout(model: nn.Module) -> int:
+    """Undo :func:`apply_decode_layout`: the plain ``nn.Linear.forward`` again. Returns the number of layers changed."""
     changed = 0
-    with _LAYOUT_LOCK, torch.no_grad():
+    with _LAYOUT_LOCK:
         for linear in _decode_linears(model):
-            weight = linear.weight
-            if weight.device.type != "meta" and not weight.is_contiguous():
-                weight.data = weight.data.contiguous()
+            if has_decode_layout(linear):
+                del linear.forward
                 changed += 1
     return changed
 
@@ -111,4 +148,11 @@ def wants_decode_layout(model: nn.Module, decode_layout: bool | None) -> bool:
     return weight is not None and weight.device.type == "cpu" and not model.training
 
 
-__all__ = ["apply_decode_layout", "row_major_layout", "wants_decode_layout"]
+__all__ = [
+    "MAX_BLOCK_ROWS",
+    "apply_decode_layout",
+    "blocked_linear",
+    "has_decode_layout",
+    "remove_decode_layout",
+    "wants_decode_layout",
+]

@@ -309,9 +309,10 @@ class BaichuanAudioGenerationMixin:
                 raises :class:`PromptTooLongError` before any forward; a row reaching the context during the call
                 ends there with a warning.
         Both kinds of output:
-            decode_layout: store the wide decode weights column-major first (faster batch-1 steps on CPUs, same
-                values; see :mod:`.decode_layout`). ``None`` (default): when the model is on a CPU and in eval mode;
-                ``False``: leave the weights as they are (a layout applied earlier stays).
+            decode_layout: compute the batch-1 decode products of the LLM, audio head and LM head as one row
+                block of each weight per thread (MKL runs a batch-1 product on one thread; the weights themselves
+                are not changed; see :mod:`.decode_layout`). ``None`` (default): when the model is on a CPU and in
+                eval mode; ``False``: leave the model as it is (a layout applied earlier stays).
         Returns:
             :class:`BaichuanAudioGenerateOutput` for speech output, else what ``GenerationMixin.generate`` returns.
         """
