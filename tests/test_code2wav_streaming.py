@@ -22,6 +22,8 @@ fp32 roundoff).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from code2wav_helpers import code2wav_one_thread, load_fixture_code2wav  # noqa: F401  (autouse fixture)
@@ -270,6 +272,30 @@ def test_incremental_equals_reference_on_a_random_tiny_model(tiny_model, frames,
         assert 1e-6 <= mel_err <= 7e-5  # 1.33x the measured 5.2e-5; nonzero: the earlier state's statistics
 
 
+@pytest.mark.parametrize("frames", [50, 51])
+def test_no_chunk_is_decoded_twice(tiny_model, frames):
+    """A later chunk is decoded once the frame after it arrives (or at ``finish``), so a phrase ending on a chunk
+    boundary (50 frames) costs one decode per U-Net chunk, as one going on does (51), and equals the one-shot decode
+    (phrase statistics) everywhere: the same 2e-6 as the test above."""
+    g = torch.Generator().manual_seed(1)
+    sizes = tiny_model.config.codebook_sizes
+    codes = torch.stack([torch.randint(0, s, (frames,), generator=g) for s in sizes], dim=1)
+    noise, draws = _inputs(tiny_model, codes)
+    one_shot = tiny_model.decode(codes, noise=noise, draws=[draws], num_steps=STEPS)
+    stats = tiny_model.groupnorm_statistics(tiny_model.dequantize(codes)[None], torch.tensor([frames]))
+    calls = []
+    hook = tiny_model.estimator.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        stream, chunks = _stream(tiny_model, codes, noise, draws, stats, incremental=True)
+    finally:
+        hook.remove()
+    u_net_chunks = math.ceil(frames / 25)
+    assert len(calls) == u_net_chunks * STEPS  # one estimator pass (both CFG halves) per Euler step and chunk
+    assert [i + 1 for i, c in enumerate(chunks[:-1]) if c.numel()] == ([25] if frames == 50 else [25, 51])
+    assert (stream.mel[0] - one_shot.mel[0]).abs().max() <= 2e-6
+    assert sum(c.numel() for c in chunks) == one_shot.audio_values[0].numel()
+
+
 def test_incremental_needs_a_one_level_unet():
     config = BaichuanAudioConfig.tiny().code2wav_config
     config.flow_matching_config.channels = [32, 32]  # inner level: non-causal stride-2 resampling
@@ -298,10 +324,11 @@ def tiny_phrase(tiny_model):
 @pytest.mark.parametrize(
     ("incremental", "first", "later", "returns_at"),
     [
-        (True, 8, 25, [8, 25, 50, 75, 100]),  # the smallest provisional first chunk, then every U-Net chunk
-        (False, 8, 25, [8, 25, 50, 75, 100]),  # the same on the reference path
-        (True, 12, 50, [12, 50, 100]),  # provisional, then larger chunks
-        (True, 50, 25, [50, 75, 100]),  # a first chunk of two U-Net chunks
+        # the smallest provisional first chunk, then every U-Net chunk (the later ones one frame after their last)
+        (True, 8, 25, [8, 25, 51, 76, 101]),
+        (False, 8, 25, [8, 25, 51, 76, 101]),  # the same on the reference path
+        (True, 12, 50, [12, 51, 101]),  # provisional, then larger chunks
+        (True, 50, 25, [51, 76, 101]),  # a first chunk of two U-Net chunks
     ],
 )
 def test_chunk_schedule(tiny_model, tiny_phrase, incremental, first, later, returns_at):
@@ -325,7 +352,7 @@ def test_chunk_schedule(tiny_model, tiny_phrase, incremental, first, later, retu
     assert sum(c.numel() for c in chunks) == one_shot.audio_values[0].numel() == (4 * 124 - 1) * 480
     hop, lookahead = stream.hop, stream.lookahead_frames
     assert lookahead == 31 and stream.min_first_chunk_frames == 8
-    assert chunks[first - 1].numel() == (4 * first - lookahead) * hop
+    assert chunks[returns_at[0] - 1].numel() == (4 * first - lookahead) * hop
     emitted = chunks[first - 1].numel() // hop if first < 25 else 0
     assert torch.equal(stream.mel[..., emitted:], default.mel[..., emitted:])
     if emitted:  # the provisional frames: attention over `first` frames instead of the whole U-Net chunk

@@ -14,9 +14,13 @@ What is exact and what is not:
   over all samples. The stream carries the phase sum exactly and re-runs the vocoder on windows with that much
   context on both sides, so the concatenated chunks equal the one-shot waveform up to float roundoff (no
   cross-fade is needed); the price is a lookahead of ``receptive_field_frames`` + 5 (F0 predictor) mel frames.
-* a phrase whose length is a multiple of 25 frames: its last chunk was computed when its 25th frame arrived,
-  assuming the phrase goes on (one more, bias-only, frame inside the chunk's attention); at ``finish`` the frames
-  not yet vocoded take the exact values, those already vocoded keep the assumption (~1e-2 mel difference).
+* when a chunk is decoded: the first U-Net chunk as soon as its 25th frame arrives (the first sound first), every
+  later one when the frame after it arrives (80 ms of speech later), i.e. knowing whether the phrase goes on (if it
+  does, the chunk's last mel frame exists: the transposed conv's bias-only frame, inside the chunk's attention; if
+  not, ``finish`` decodes the chunk as the phrase's end), so no later chunk is decoded twice. Only a phrase of
+  exactly 25 frames has its chunk computed assuming the phrase goes on; at ``finish`` that chunk is decoded again as
+  the end: the frames not yet vocoded take the exact values, those already vocoded keep the assumption (~1e-2 mel
+  difference).
 
 Two paths (``incremental=``):
 
@@ -40,9 +44,10 @@ Chunk schedule (``first_chunk_frames``, ``chunk_frames``; the total length is al
 ``(4 * frames - 1) * 480`` samples: nothing is inserted, and no cross-fade is needed inside a phrase since the vocoder
 windows overlap by exactly its receptive field, ``lookahead_frames`` = 26 + 5 mel frames):
 
-* default: a chunk per U-Net chunk, when its 25th code frame arrives: the earliest the mel is exact. The first chunk
-  holds 100 - 31 = 69 mel frames (1.38 s), each later one 100 (2 s), the rest comes at :meth:`finish`;
-* ``chunk_frames`` (a multiple of 25): later chunks when the phrase reaches a multiple of it (fewer, larger vocoder
+* default: a chunk per U-Net chunk, the first when its 25th code frame arrives (the earliest its mel is exact),
+  each later one when the frame after its 25th arrives (see above). The first chunk holds 100 - 31 = 69 mel frames
+  (1.38 s), each later one 100 (2 s), the rest comes at :meth:`finish`;
+* ``chunk_frames`` (a multiple of 25): later chunks when the phrase reaches one frame past a multiple of it (fewer, larger vocoder
   windows; the mel is still computed per U-Net chunk as soon as it is complete, so the samples are the default's up
   to roundoff);
 * ``first_chunk_frames`` < 25 (at least ``min_first_chunk_frames`` = 8, the first with a sample past the lookahead):
@@ -80,7 +85,7 @@ class BaichuanAudioStreamingDecoder:
 
     The mel is produced per U-Net attention chunk (``static_chunk_size`` mel frames = ``static_chunk_size /
     avg_pooler`` code frames, 25 in the released model), so by default the first waveform chunk is returned by the
-    push that completes the first 25 frames; ``first_chunk_frames`` / ``chunk_frames`` change the schedule (module
+    push that completes the first 25 frames, each later one by the push of the frame after a chunk's 25th; ``first_chunk_frames`` / ``chunk_frames`` change the schedule (module
     docstring). The vocoder emits the samples whose mel context is complete.
 
     Args:
@@ -99,7 +104,7 @@ class BaichuanAudioStreamingDecoder:
             (at least :attr:`min_first_chunk_frames`, 8): a provisional first chunk, decoded as if the U-Net chunk
             ended there. Larger: a multiple of :attr:`frames_per_chunk`.
         chunk_frames: code frames per later chunk: a multiple of :attr:`frames_per_chunk` (default: one), the later
-            chunks are returned when the phrase reaches a multiple of it.
+            chunks are returned when the phrase reaches one frame past a multiple of it.
     """
 
     def __init__(
@@ -325,12 +330,19 @@ class BaichuanAudioStreamingDecoder:
         self.emitted_frames = upto
         return wave[0, (start - lo) * self.hop : (upto - lo) * self.hop]
 
+    def _known_frames(self) -> int:
+        """Frames whose chunk can be decoded: all of them up to the first U-Net chunk (decoded as soon as it is
+        complete: the first sound comes first), after it all but the newest (a later chunk is decoded once the frame
+        after it exists, i.e. knowing whether the phrase goes on: no chunk is decoded twice)."""
+        n = len(self.frames)
+        return n if n <= self.frames_per_chunk else n - 1
+
     def _due(self) -> bool:
         """Whether the chunk schedule returns a chunk at the current number of frames."""
-        n = len(self.frames)
+        known = self._known_frames()
         if self.chunks_returned == 0:
-            return n >= self.first_chunk_frames
-        return n // self.chunk_frames > self._returned_at // self.chunk_frames
+            return known >= self.first_chunk_frames
+        return known // self.chunk_frames > self._returned_at // self.chunk_frames
 
     def _provisional_mel(self) -> None:
         """Mel of the frames so far, before the first U-Net chunk is complete, decoded as if that chunk ended
@@ -348,7 +360,7 @@ class BaichuanAudioStreamingDecoder:
             codes = codes[None]
         if codes.shape[0]:
             self.frames.extend(self.model.check_codes(codes)[0].split(1))
-        while len(self.frames) * self.stride >= (self.mel_chunks_done + 1) * self.chunk:
+        while self._known_frames() * self.stride >= (self.mel_chunks_done + 1) * self.chunk:
             num = math.ceil((self.mel_chunks_done + 1) * self.chunk / self.stride)
             start = self.mel_chunks_done * self.chunk // self.stride
             cache = StreamingCache(self.cache.past)
@@ -367,7 +379,7 @@ class BaichuanAudioStreamingDecoder:
             self._provisional_mel()
             self._advance_source(self.mel.shape[-1] - self.f0_radius)
         self.chunks_returned += 1
-        self._returned_at = len(self.frames)
+        self._returned_at = self._known_frames()
         upto = min(self.source.shape[-1] // self.hop, self.mel.shape[-1]) - self.voc_radius
         return self._emit(upto)
 
