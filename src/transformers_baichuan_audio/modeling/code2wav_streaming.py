@@ -47,8 +47,8 @@ windows overlap by exactly its receptive field, ``lookahead_frames`` = 26 + 5 me
 * default: a chunk per U-Net chunk, the first when its 25th code frame arrives (the earliest its mel is exact),
   each later one when the frame after its 25th arrives (see above). The first chunk holds 100 - 31 = 69 mel frames
   (1.38 s), each later one 100 (2 s), the rest comes at :meth:`finish`;
-* ``chunk_frames`` (a multiple of 25): later chunks when the phrase reaches one frame past a multiple of it (fewer, larger vocoder
-  windows; the mel is still computed per U-Net chunk as soon as it is complete, so the samples are the default's up
+* ``chunk_frames`` (a multiple of 25): later chunks when the phrase reaches one frame past a multiple of it (fewer,
+  larger vocoder windows; the mel is still computed per U-Net chunk as soon as it is complete, so the samples are the default's up
   to roundoff);
 * ``first_chunk_frames`` < 25 (at least ``min_first_chunk_frames`` = 8, the first with a sample past the lookahead):
   a provisional first chunk, decoded as if the U-Net chunk ended there (its ``4 n - 31`` mel frames are vocoded and
@@ -85,8 +85,8 @@ class BaichuanAudioStreamingDecoder:
 
     The mel is produced per U-Net attention chunk (``static_chunk_size`` mel frames = ``static_chunk_size /
     avg_pooler`` code frames, 25 in the released model), so by default the first waveform chunk is returned by the
-    push that completes the first 25 frames, each later one by the push of the frame after a chunk's 25th; ``first_chunk_frames`` / ``chunk_frames`` change the schedule (module
-    docstring). The vocoder emits the samples whose mel context is complete.
+    push that completes the first 25 frames, each later one by the push of the frame after a chunk's 25th;
+    ``first_chunk_frames`` / ``chunk_frames`` change the schedule (module docstring). The vocoder emits the samples whose mel context is complete.
 
     Args:
         model: a :class:`BaichuanAudioCode2Wav`.

@@ -109,17 +109,14 @@ def has_decode_layout(linear: nn.Module) -> bool:
 def apply_decode_layout(model: nn.Module) -> int:
     """Give the decode ``nn.Linear`` layers of ``model`` the row-block forward (see the module docstring).
 
-    Idempotent. Returns the number of layers changed by this call. Also stores contiguous (row-major) any decode
-    weight left column-major (the layout of earlier versions). Do not call it while another thread computes with
-    the model (``generate`` calls it before its first forward, under a lock shared by all calls).
+    Idempotent. Returns the number of layers changed by this call. Do not call it while another thread computes
+    with the model (``generate`` calls it before its first forward, under a lock shared by all calls).
     """
     changed = 0
     with _LAYOUT_LOCK, torch.no_grad():
         for linear in _decode_linears(model):
             if has_decode_layout(linear):
                 continue
-            if linear.weight.device.type != "meta" and not linear.weight.is_contiguous():
-                linear.weight.data = linear.weight.data.contiguous()
             linear.forward = types.MethodType(_decode_forward, linear)
             changed += 1
     return changed
