@@ -30,7 +30,11 @@ from code2wav_helpers import code2wav_one_thread, load_fixture_code2wav  # noqa:
 
 from transformers_baichuan_audio.configuration import BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioCode2Wav
-from transformers_baichuan_audio.modeling.code2wav_streaming import BaichuanAudioStreamingDecoder
+from transformers_baichuan_audio.modeling.code2wav_streaming import (
+    DEFAULT_RESERVE_FRAMES,
+    BaichuanAudioStreamingDecoder,
+)
+from transformers_baichuan_audio.modeling.generation import SPEECH_GENERATION_DEFAULTS
 from transformers_baichuan_audio.modeling.vocoder import NSFSourceDraws
 
 FRAMES = 124  # 9.92 s at 12.5 Hz; a multiple of 25 is the boundary case tested separately
@@ -294,6 +298,38 @@ def test_no_chunk_is_decoded_twice(tiny_model, frames):
     assert [i + 1 for i, c in enumerate(chunks[:-1]) if c.numel()] == ([25] if frames == 50 else [25, 51])
     assert (stream.mel[0] - one_shot.mel[0]).abs().max() <= 2e-6
     assert sum(c.numel() for c in chunks) == one_shot.audio_values[0].numel()
+
+
+def _attention_room(stream) -> set[int]:
+    """Frames of room of the carried attention buffers (decoder, prenet and U-Net layers)."""
+    return {v[0][0].shape[-2] for v in stream.cache.past.values() if isinstance(v, tuple) and len(v) == 2}
+
+
+def test_attention_room_is_reserved_for_the_phrase(tiny_model):
+    """The carried keys / values get room for ``reserve_frames`` code frames at once (on a CPU by default the
+    per-phrase cap of generation, 500), and only double past it; the room changes nothing of what is computed
+    (the same samples, up to SDPA reading strided instead of dense keys: measured 0)."""
+    g = torch.Generator().manual_seed(2)
+    frames = 76  # 3 U-Net chunks: 100, 200, 300 mel frames of state (+ the finish)
+    sizes = tiny_model.config.codebook_sizes
+    codes = torch.stack([torch.randint(0, s, (frames,), generator=g) for s in sizes], dim=1)
+    noise, draws = _inputs(tiny_model, codes)
+    stride = tiny_model.decoder.dconv1.conv.stride[0]
+    waves, rooms = {}, {}
+    for reserve in (None, 0, 80):
+        stream = tiny_model.streaming_decoder(noise=noise, draws=draws, num_steps=STEPS, reserve_frames=reserve)
+        chunks = [stream.push(codes[i : i + 1]) for i in range(frames)]
+        rooms[reserve] = _attention_room(stream)  # before finish: 3 chunks of state
+        waves[reserve] = torch.cat([*chunks, stream.finish()])
+    assert DEFAULT_RESERVE_FRAMES == SPEECH_GENERATION_DEFAULTS["audio_max_frames"] == 500
+    assert rooms[None] == {DEFAULT_RESERVE_FRAMES * stride}  # never grown
+    assert rooms[0] == {2 * 3 * 100}  # 100 -> room 200, 300 -> room 600 (doubling, as without a reserve)
+    assert rooms[80] == {80 * stride}  # 320 mel frames of room: the 300 fit
+    for reserve in (0, 80):
+        assert (waves[reserve] - waves[None]).abs().max() <= 1e-6
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="reserve_frames"):
+            tiny_model.streaming_decoder(reserve_frames=bad)
 
 
 def test_incremental_needs_a_one_level_unet():

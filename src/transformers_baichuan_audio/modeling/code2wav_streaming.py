@@ -35,7 +35,8 @@ Two paths (``incremental=``):
   had (the reference re-normalises the whole prefix each time), so the error does not shrink towards the phrase's
   end: on tiny-a, 0.129, 0.136, 0.103, 0.102, 0.091 per 2 s chunk (reference path: 0.129 ... 0), i.e. bounded by the
   first chunk's error. Cost per chunk: constant except attention over all earlier frames (grows with the phrase,
-  as the model's attention does; keys / values kept in doubling buffers); the vocoder windows are bounded.
+  as the model's attention does; keys / values kept in buffers with room for ``reserve_frames``, doubling past
+  it); the vocoder windows are bounded.
   Memory: keys / values of every attention layer, for the U-Net per Euler step and for both CFG halves.
 * reference (``incremental=False``): each chunk re-decodes the whole prefix (quadratic in the phrase length, ~3x a
   one-shot decode for 10 s), and the last chunk is exact with running statistics.
@@ -78,6 +79,11 @@ from .flow_matching import euler_cfm_sample
 from .layers import StreamingCache, build_attention_mask
 from .vocoder import NSFSourceDraws
 
+#: Code frames a streaming decoder on a CPU gives its attention state room for (generation's default
+#: ``audio_max_frames``, 40 s of speech). Growing the state past its room copies it into freshly mapped pages all at
+#: once, which on the project's 2-core VM cost 3-6 s per doubling at 14 and 30 s of phrase (issue 18).
+DEFAULT_RESERVE_FRAMES = 500
+
 
 class BaichuanAudioStreamingDecoder:
     """Incremental decoding of one phrase: :meth:`push` code frames as they are generated, get waveform chunks back;
@@ -105,6 +111,9 @@ class BaichuanAudioStreamingDecoder:
             ended there. Larger: a multiple of :attr:`frames_per_chunk`.
         chunk_frames: code frames per later chunk: a multiple of :attr:`frames_per_chunk` (default: one), the later
             chunks are returned when the phrase reaches one frame past a multiple of it.
+        reserve_frames: code frames of the phrase the attention state is given room for at once (longer phrases
+            still work: the room doubles). None (default): :data:`DEFAULT_RESERVE_FRAMES` (the default per-phrase cap
+            of generation) on a CPU, where room costs address space only, and 0 (grow as needed) elsewhere.
     """
 
     def __init__(
@@ -118,6 +127,7 @@ class BaichuanAudioStreamingDecoder:
         incremental: bool | None = None,
         first_chunk_frames: int | None = None,
         chunk_frames: int | None = None,
+        reserve_frames: int | None = None,
     ):
         self.model = model
         cfg = model.config
@@ -151,7 +161,11 @@ class BaichuanAudioStreamingDecoder:
                 "a whole number of code frames; use incremental=False"
             )
         self.incremental = supported if incremental is None else incremental
-        self.cache = StreamingCache()
+        if reserve_frames is None:
+            reserve_frames = DEFAULT_RESERVE_FRAMES if model.device.type == "cpu" else 0
+        if isinstance(reserve_frames, bool) or not isinstance(reserve_frames, int) or reserve_frames < 0:
+            raise ValueError(f"reserve_frames must be an int >= 0, got {reserve_frames!r}")
+        self.cache = StreamingCache(reserve=reserve_frames * self.stride)
         self.cache_before_last_chunk = self.cache
         per_chunk = self.frames_per_chunk
         self.first_chunk_frames = per_chunk if first_chunk_frames is None else first_chunk_frames
@@ -347,7 +361,7 @@ class BaichuanAudioStreamingDecoder:
     def _provisional_mel(self) -> None:
         """Mel of the frames so far, before the first U-Net chunk is complete, decoded as if that chunk ended
         here (attention over the frames that exist; the state is not kept): the provisional first chunk."""
-        _, mel = self._mel_from(0, len(self.frames), True, StreamingCache(self.cache.past))
+        _, mel = self._mel_from(0, len(self.frames), True, self.cache.branch())
         self.mel = mel[..., : len(self.frames) * self.stride]
 
     @torch.no_grad()
@@ -363,7 +377,7 @@ class BaichuanAudioStreamingDecoder:
         while self._known_frames() * self.stride >= (self.mel_chunks_done + 1) * self.chunk:
             num = math.ceil((self.mel_chunks_done + 1) * self.chunk / self.stride)
             start = self.mel_chunks_done * self.chunk // self.stride
-            cache = StreamingCache(self.cache.past)
+            cache = self.cache.branch()
             p, mel = self._mel_from(start, num, True, cache)
             self.cache_before_last_chunk, self.cache = self.cache, cache.committed()
             lo, hi = self.mel_chunks_done * self.chunk, (self.mel_chunks_done + 1) * self.chunk
@@ -397,7 +411,7 @@ class BaichuanAudioStreamingDecoder:
             # length a multiple of the chunk), that chunk again, from the state before it, as the phrase's end.
             redo = total < self.mel_chunks_done * self.chunk
             chunks = self.mel_chunks_done - 1 if redo else self.mel_chunks_done
-            cache = StreamingCache((self.cache_before_last_chunk if redo else self.cache).past)
+            cache = (self.cache_before_last_chunk if redo else self.cache).branch()
             p, mel = self._mel_from(chunks * self.chunk // self.stride, len(self.frames), False, cache)
             # Frames not yet turned into sound take the exact values. Only in the boundary case (and after a
             # provisional first chunk) were some frames already vocoded from an assumption; they stay.
@@ -408,4 +422,4 @@ class BaichuanAudioStreamingDecoder:
         return self._emit(total)
 
 
-__all__ = ["BaichuanAudioStreamingDecoder"]
+__all__ = ["DEFAULT_RESERVE_FRAMES", "BaichuanAudioStreamingDecoder"]

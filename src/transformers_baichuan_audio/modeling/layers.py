@@ -98,13 +98,19 @@ class StreamingCache:
     and this one stays usable to recompute the same chunk differently (e.g. as the end of the phrase).
     """
 
-    def __init__(self, past: dict | None = None):
+    def __init__(self, past: dict | None = None, reserve: int = 0):
         self.past: dict = dict(past or {})
         self.new: dict = {}
         self.scope = None
+        self.reserve = reserve
 
     def committed(self) -> StreamingCache:
-        return StreamingCache({**self.past, **self.new})
+        """The cache for the next chunk: this one's past and new state."""
+        return StreamingCache({**self.past, **self.new}, self.reserve)
+
+    def branch(self) -> StreamingCache:
+        """A cache for (re)computing a chunk from this one's past state (its own ``new``)."""
+        return StreamingCache(self.past, self.reserve)
 
     def left_context(self, module: nn.Module, x: torch.Tensor, width: int) -> torch.Tensor:
         """x (B, C, T) -> (B, C, width + T): the ``width`` frames before the chunk (zeros at the stream start)."""
@@ -119,14 +125,17 @@ class StreamingCache:
     def keys_values(self, module: nn.Module, key: torch.Tensor, value: torch.Tensor):
         """(B, H, T, D) keys / values of the chunk -> those of every frame so far (earlier ones first).
 
-        Kept in buffers that double when full (no copy of the whole history per chunk); a cache only reads the
-        first ``n`` frames it recorded, so a chunk recomputed from an earlier cache may overwrite what follows.
+        Kept in buffers of room for ``reserve`` frames (the caller's expected length), that double when full (no
+        copy of the whole history per chunk); a cache only reads the first ``n`` frames it recorded, so a chunk
+        recomputed from an earlier cache may overwrite what follows. Room is not memory on a CPU: the pages of an
+        empty tensor are only mapped as frames are written, while growing copies the history into pages that are
+        all new at once (on a VM that page-faulting costs seconds for the GB of a long phrase's U-Net state).
         """
         name = (self.scope, id(module))
         buffers, n = self.past.get(name, (None, 0))
         total = n + key.shape[-2]
         if buffers is None or buffers[0].shape[-2] < total:
-            size = (*key.shape[:-2], max(2 * total, 128), key.shape[-1])
+            size = (*key.shape[:-2], max(2 * total, 128, self.reserve), key.shape[-1])
             grown = tuple(key.new_empty(size) for _ in range(2))
             if buffers is not None:
                 for old, new in zip(buffers, grown, strict=True):
