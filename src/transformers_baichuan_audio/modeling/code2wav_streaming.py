@@ -81,7 +81,7 @@ from .vocoder import NSFSourceDraws
 
 #: Code frames a streaming decoder on a CPU gives its attention state room for (generation's default
 #: ``audio_max_frames``, 40 s of speech). Growing the state past its room copies it into freshly mapped pages all at
-#: once, which on the project's 2-core VM cost 3-6 s per doubling at 14 and 30 s of phrase (issue 18).
+#: once, which on the project's 2-core VM stalled a chunk by 6 s at 14 s and by 12 s at 30 s of phrase (issue 18).
 DEFAULT_RESERVE_FRAMES = 500
 
 
