@@ -76,13 +76,14 @@ from torch import nn
 
 from .code2wav import BaichuanAudioCode2Wav
 from .flow_matching import euler_cfm_sample
+from .generation import SPEECH_GENERATION_DEFAULTS
 from .layers import StreamingCache, build_attention_mask
 from .vocoder import NSFSourceDraws
 
 #: Code frames a streaming decoder on a CPU gives its attention state room for (generation's default
 #: ``audio_max_frames``, 40 s of speech). Growing the state past its room copies it into freshly mapped pages all at
 #: once, which on the project's 2-core VM stalled a chunk by 6 s at 14 s and by 12 s at 30 s of phrase (issue 18).
-DEFAULT_RESERVE_FRAMES = 500
+DEFAULT_RESERVE_FRAMES: int = SPEECH_GENERATION_DEFAULTS["audio_max_frames"]
 
 
 class BaichuanAudioStreamingDecoder:
