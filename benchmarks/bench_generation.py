@@ -36,8 +36,9 @@ Measured (``--dtype`` fp32 / bf16 for the LLM and the audio head; code2wav runs 
   the released tokenizer would make it: the voice prompt's 12 characters are 36 byte tokens). The phrase goes on
   past the first chunk (as in an answer that goes on);
   ``--turn-phrase-frames 26`` ends it right after the first chunk's frames. ``--turn-decode-priorities
-  overlap,first_chunk`` compares the streamer's decode priorities (generation going on while the first chunk
-  decodes, or waiting; the engine's default is ``first_chunk``). JSON keys
+  inline,first_chunk`` compares the streamer's decode priorities (``inline``, the engine's default: the generation
+  thread decodes; the others decode in the consuming thread, with generation going on while the first chunk decodes
+  (``overlap``) or waiting (``first_chunk``)). JSON keys
   ``turn_<eager|compiled>_<default|provisional>_<priority>_<figure>``, the best of ``--turn-repeats`` turns (all in
   ``*_all``);
 * ``--layout-compare`` (nothing else): eager audio frames/s and text tokens/s with plain ``F.linear`` (as
@@ -387,7 +388,7 @@ def bench_turn(
     text_tokens: int,
     first_chunk_frames: int | None,
     phrase_frames: int = 0,
-    decode_priority: str = "first_chunk",
+    decode_priority: str = "inline",
 ) -> dict:
     """One speech-chat turn through ``SpeechChat.stream_turn``, from the user's clip in hand to the first waveform
     samples the engine yields (the turn is then stopped). Stages, in seconds (they add up to ``first_audio_s``):
@@ -402,8 +403,9 @@ def bench_turn(
     * ``decoder_wait_s``: from that frame's emission to the consuming thread's push of it (the consumer catching up:
       the pushes of earlier frames, decoder set-up, queue);
     * ``first_chunk_decode_s``: the push that returns the first chunk (code2wav: decoder, flow matching, vocoder);
-      with ``decode_priority="overlap"`` generation goes on in the other thread meanwhile (both share the cores),
-      with ``"first_chunk"`` (the engine's default) it waits after at most one more frame;
+      with ``decode_priority="inline"`` (the engine's default) in the generation thread itself, with ``"overlap"``
+      in the consuming thread while generation goes on (both share the cores), with ``"first_chunk"`` in the
+      consuming thread while generation waits after at most one more frame;
     * ``to_listener_s``: phrase joining (``PhraseJoiner``) up to the yielded audio event.
 
     ``phrase_frames``: the spoken phrase's length (0: 100 frames past the first chunk, so generation goes on while
@@ -618,8 +620,8 @@ def main() -> None:
     parser.add_argument(
         "--turn-decode-priorities",
         type=lambda v: v.split(","),
-        default=["first_chunk"],
-        help="--turn: comma-separated decode priorities of the engine's streamer (overlap, first_chunk, always)",
+        default=["inline"],
+        help="--turn: comma-separated decode priorities of the engine's streamer (inline, overlap, first_chunk, always)",
     )
     parser.add_argument(
         "--layout-compare",

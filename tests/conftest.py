@@ -61,3 +61,12 @@ def _deterministic_threads():
     # The fixtures were recorded with 1 intra-op thread; 2 threads change roundoff by ~1e-6 only.
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def two_threads():
+    """``torch.get_num_threads()`` two, as on the project's CPU (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

@@ -20,7 +20,7 @@ import torch
 from demo_helpers import GREEDY, generation_paused_after, tiny_model_and_processor
 
 from transformers_baichuan_audio import cli, tiny_random
-from transformers_baichuan_audio.chat import SpeechChat
+from transformers_baichuan_audio.chat import PhraseJoiner, SpeechChat
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +94,46 @@ def test_cli_chat_stream_chunks(tiny, tmp_path, capsys, monkeypatch):
     assert rate == 24000 and np.array_equal(np.concatenate(pieces), whole)
     with pytest.raises(SystemExit, match="--first-chunk-frames: first_chunk_frames must be an int >= 8"):
         cli.main([*args, "--first-chunk-frames", "5"])
+
+
+def _turn_threads(chat: SpeechChat, monkeypatch) -> tuple[list, dict[str, set[int]]]:
+    """One spoken turn: (events, thread ids that ran forwards of the LLM / code2wav modules and phrase joins)."""
+    threads: dict[str, set[int]] = {"llm": set(), "code2wav": set(), "join": set()}
+    hooks = [
+        module.register_forward_pre_hook(lambda *_, part=part: threads[part].add(threading.get_ident()))
+        for part, root in (("llm", chat.model.model.language_model), ("code2wav", chat.model.code2wav))
+        for module in root.modules()
+    ]
+    push = PhraseJoiner.push
+
+    def recorded_push(joiner, chunk):
+        threads["join"].add(threading.get_ident())
+        return push(joiner, chunk)
+
+    monkeypatch.setattr(PhraseJoiner, "push", recorded_push)
+    try:
+        events = list(chat.stream_turn([chat.user_message(text="hello")]))
+    finally:
+        monkeypatch.undo()
+        for hook in hooks:
+            hook.remove()
+    return events, threads
+
+
+def test_a_turns_tensor_work_runs_on_its_generation_thread(tiny, monkeypatch):
+    """Default ``decode_priority="inline"``: generation, code2wav and the phrase joins of a turn all run on one
+    thread, not the consuming one (see ``cpu_threads``), and the answer's audio is the same as with the chunks
+    decoded and joined in the consuming thread (``"first_chunk"``)."""
+    caller = threading.get_ident()
+    events, threads = _turn_threads(SpeechChat(*tiny, GREEDY), monkeypatch)
+    assert len(threads["llm"]) == 1 and caller not in threads["llm"]
+    assert threads["code2wav"] == threads["join"] == threads["llm"]
+    consumer_events, consumer_threads = _turn_threads(
+        SpeechChat(*tiny, GREEDY, decode_priority="first_chunk"), monkeypatch
+    )
+    assert consumer_threads["code2wav"] == consumer_threads["join"] == {caller}
+    assert caller not in consumer_threads["llm"]
+    inline_audio = torch.cat([e.audio for e in events if e.kind == "audio"])
+    consumer_audio = torch.cat([e.audio for e in consumer_events if e.kind == "audio"])
+    assert inline_audio.numel() > 0 and torch.equal(inline_audio, consumer_audio)
+    assert events[-1].text == consumer_events[-1].text

@@ -28,15 +28,6 @@ from transformers_baichuan_audio.modeling.decode_layout import (
 )
 
 
-@pytest.fixture
-def two_threads():
-    """The blocks follow ``torch.get_num_threads()``: two, as on the project's CPU (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(seed: int = 0, **overrides) -> BaichuanAudioForConditionalGeneration:
     torch.manual_seed(seed)
     config = BaichuanAudioConfig.tiny(**overrides)

@@ -35,8 +35,10 @@ class _SlowChunkDecoder:
 
     def __init__(self, log: list, chunk: int = 3, seconds: float = 0.25):
         self.log, self.chunk, self.seconds, self.frames = log, chunk, seconds, 0
+        self.log_threads: set[int] = set()
 
     def push(self, codes):
+        self.log_threads.add(threading.get_ident())
         self.frames += codes.shape[0]
         if self.frames % self.chunk:
             return torch.zeros(0)
@@ -54,13 +56,17 @@ class _StubCode2Wav:
 
     def __init__(self):
         self.intervals: list[tuple[float, float]] = []
+        self.threads: set[int] = set()
 
     def streaming_decoder(self, **kwargs):
-        return _SlowChunkDecoder(self.intervals)
+        decoder = _SlowChunkDecoder(self.intervals)
+        decoder.log_threads = self.threads
+        return decoder
 
 
-def _frames_during_decodes(priority: str, frames: int = 9) -> tuple[list[int], int]:
-    """Frames the producer emitted (``put_audio`` returned) inside each chunk decode, and the waveform samples."""
+def _frames_during_decodes(priority: str, frames: int = 9) -> tuple[list[int], int, str]:
+    """Frames the producer emitted (``put_audio`` returned) inside each chunk decode, the waveform samples, and
+    which thread decoded (``"producer"`` / ``"consumer"``)."""
     code2wav = _StubCode2Wav()
     streamer = BaichuanAudioStreamer(code2wav=code2wav, decode_priority=priority)
     returns: list[float] = []
@@ -78,18 +84,23 @@ def _frames_during_decodes(priority: str, frames: int = 9) -> tuple[list[int], i
     samples = sum(int(e.waveform.numel()) for e in streamer if e.kind == "audio" and e.waveform is not None)
     thread.join()
     inside = [sum(start < t < end for t in returns) for start, end in code2wav.intervals]
-    return inside, samples
+    decoded_by = {thread.ident: "producer", threading.get_ident(): "consumer"}
+    (decoder_thread,) = code2wav.threads
+    return inside, samples, decoded_by[decoder_thread]
 
 
 def test_decode_priority_decides_whether_generation_waits_for_the_decoder():
     # 9 frames, a 0.25 s chunk decode every 3 frames, a producer that needs 10 ms per frame: left alone it emits
     # ~20 frames per decode (all the rest); waiting, at most the one frame already under way (see the docstring).
-    overlap, samples = _frames_during_decodes("overlap")
-    assert overlap[0] >= 3 and samples == 30
-    first, samples = _frames_during_decodes("first_chunk")
-    assert first[0] <= 1 and sum(first[1:]) >= 2 and samples == 30
-    always, samples = _frames_during_decodes("always")
-    assert max(always) <= 1 and samples == 30
+    overlap, samples, decoded_by = _frames_during_decodes("overlap")
+    assert overlap[0] >= 3 and samples == 30 and decoded_by == "consumer"
+    first, samples, decoded_by = _frames_during_decodes("first_chunk")
+    assert first[0] <= 1 and sum(first[1:]) >= 2 and samples == 30 and decoded_by == "consumer"
+    always, samples, decoded_by = _frames_during_decodes("always")
+    assert max(always) <= 1 and samples == 30 and decoded_by == "consumer"
+    # inline: the producer decodes inside put_audio, so no frame is emitted during a decode
+    inline, samples, decoded_by = _frames_during_decodes("inline")
+    assert len(inline) == 3 and max(inline) == 0 and samples == 30 and decoded_by == "producer"
 
 
 def test_unknown_decode_priority_is_refused():

@@ -9,8 +9,8 @@ are the base-model ASR / TTS prompts. :func:`load_user_audio` / :func:`check_tex
 model options shared by the command line and the app (:func:`.loading.add_model_arguments`).
 
 Audio streaming. Speech is decoded phrase by phrase with the code2wav streaming decoder as the codes are generated
-(each frame is pushed as the generation loop emits it; the decoder runs in the consuming thread, so generation goes
-on meanwhile) and every chunk it returns is yielded at once. Chunk schedule (``first_chunk_frames`` /
+(each frame is pushed as the generation loop emits it; by default the turn's generation thread decodes it, so that
+all of a turn's tensor work runs on one thread, see ``decode_priority``) and every chunk it returns is yielded at once. Chunk schedule (``first_chunk_frames`` /
 ``chunk_frames``, see ``modeling/code2wav_streaming.py``): by default a chunk per 25 code frames (2 s of speech: the
 U-Net's attention chunk, the earliest exact one; the first chunk holds 69 mel frames = 1.38 s, the vocoder's 31-frame
 lookahead waits for the next); ``first_chunk_frames`` 8..24 gives a provisional first chunk after that many frames.
@@ -44,8 +44,9 @@ import numpy as np
 import torch
 
 from . import loading
+from .cpu_threads import release_openmp_workers, releases_openmp_workers
 from .modeling.generation import PromptTooLongError, check_prompt_length, crossfade, join_waveforms, split_tts_text
-from .modeling.streamer import BaichuanAudioStreamer
+from .modeling.streamer import BaichuanAudioStreamer, BaichuanAudioStreamEvent
 from .processing.audio_io import InvalidAudioError, read_audio_file
 from .processing.processor import DEFAULT_VOICE, OUTPUT_SAMPLING_RATE
 
@@ -167,13 +168,17 @@ class TurnStopped(RuntimeError):
     """Raised inside the generation thread when the user pressed stop."""
 
 
-class _StoppableStreamer(BaichuanAudioStreamer):
-    """A :class:`BaichuanAudioStreamer` that aborts generation (raises :class:`TurnStopped` in the generation
-    thread) once ``stop`` is set."""
+class _TurnStreamer(BaichuanAudioStreamer):
+    """The streamer of one turn: aborts generation (raises :class:`TurnStopped` in the generation thread) once
+    ``stop`` is set, and joins the phrases' waveforms (:class:`PhraseJoiner`) where they are decoded: in the
+    generation thread with ``decode_priority="inline"`` (then the consuming thread does no tensor work at all, see
+    :mod:`.cpu_threads`), else in the consuming thread (:meth:`joined`). Audio events then carry the samples to
+    play now, and :meth:`end` adds one more with the samples held back for a cross-fade."""
 
     def __init__(self, stop: threading.Event, **kwargs):
         super().__init__(**kwargs)
         self.stop = stop
+        self.joiner = PhraseJoiner()
 
     def put_text(self, row, token_ids):
         if self.stop.is_set():
@@ -184,6 +189,42 @@ class _StoppableStreamer(BaichuanAudioStreamer):
         if self.stop.is_set():
             raise TurnStopped("stopped by the user")
         super().put_audio(row, codes)
+
+    def enqueue(self, event):
+        if not self.decodes_inline:
+            super().enqueue(event)
+            return
+        for joined in self.join(event):
+            super().enqueue(joined)
+
+    def end(self):
+        if self.decodes_inline:
+            super().enqueue(self._held_back())
+        super().end()
+
+    def joined_events(self) -> Iterator:
+        """The consumer's events, joined (here, unless the generation thread already joined them)."""
+        while True:
+            try:
+                event = next(self)
+            except StopIteration:
+                break
+            yield from ([event] if self.decodes_inline else self.join(event))
+        if not self.decodes_inline:
+            yield self._held_back()
+
+    def join(self, event) -> list:
+        """``event`` with its waveform replaced by the joined samples to play now; before a ``segment_end``, an
+        audio event with what the phrase's end releases."""
+        if event.kind == "audio" and event.waveform is not None and event.waveform.numel():
+            event.waveform = self.joiner.push(event.waveform)
+        elif event.kind == "segment_end":
+            released = self.joiner.end_phrase()
+            return [BaichuanAudioStreamEvent(event.row, "audio", waveform=released, segment=event.segment), event]
+        return [event]
+
+    def _held_back(self):
+        return BaichuanAudioStreamEvent(0, "audio", waveform=self.joiner.finish())
 
 
 class PhraseJoiner:
@@ -277,9 +318,11 @@ class SpeechChat:
         limits: :class:`InputLimits` of user audio.
         first_chunk_frames, chunk_frames: the chunk schedule of the streamed speech (the code2wav streaming
             decoder's arguments; None: its defaults, a chunk per 25 frames). Checked here (``ValueError``).
-        decode_priority: whether generation goes on while a chunk decodes (the streamer's argument, see
-            :mod:`.modeling.streamer`); default ``"first_chunk"``: generation waits while each phrase's first
-            chunk is decoded, so that the first sound comes sooner on a CPU with few cores.
+        decode_priority: where and when chunks are decoded (the streamer's argument, see
+            :mod:`.modeling.streamer`); default ``"inline"``: in the turn's generation thread, which then does all
+            of the turn's tensor work (generation waits while a chunk decodes; on a CPU one thread's OpenMP team
+            on the cores is the fastest, see :mod:`.cpu_threads`). ``"first_chunk"`` / ``"overlap"`` /
+            ``"always"`` decode in the consuming thread.
     """
 
     def __init__(
@@ -291,7 +334,7 @@ class SpeechChat:
         limits=None,
         first_chunk_frames: int | None = None,
         chunk_frames: int | None = None,
-        decode_priority: str = "first_chunk",
+        decode_priority: str = "inline",
     ):
         self.decode_priority = BaichuanAudioStreamer.check_decode_priority(decode_priority)
         self.model = model
@@ -391,7 +434,7 @@ class SpeechChat:
         inputs = self._inputs(messages, voice, speak)
         prompt_length = int(inputs["input_ids"].shape[1])
         stop = stop or threading.Event()
-        streamer = _StoppableStreamer(
+        streamer = _TurnStreamer(
             stop,
             tokenizer=self.processor.tokenizer,
             code2wav=self.model.code2wav if speak else None,
@@ -399,33 +442,26 @@ class SpeechChat:
             decode_priority=self.decode_priority,
         )
         result: dict = {}
+        kwargs = self._generate_kwargs(inputs, speak)
 
         def run():
             try:
-                result["out"] = self.model.generate(streamer=streamer, **self._generate_kwargs(inputs, speak))
+                result["out"] = self.model.generate(streamer=streamer, **kwargs)
             except BaseException as err:  # handed to the consumer
                 result["error"] = err
                 streamer.end()
 
+        release_openmp_workers()  # the turn thread's team is then the only one on the cores (.cpu_threads)
         thread = threading.Thread(target=run, name="baichuan-audio-turn", daemon=True)
         thread.start()
-        joiner, text = PhraseJoiner(), []
+        text = []
         try:
-            for event in streamer:
+            for event in streamer.joined_events():
                 if event.kind == "text" and event.text:
                     text.append(event.text)
                     yield TurnEvent("text", text=event.text)
                 elif event.kind == "audio" and event.waveform is not None and event.waveform.numel():
-                    chunk = joiner.push(event.waveform)
-                    if chunk.numel():
-                        yield TurnEvent("audio", audio=chunk)
-                elif event.kind == "segment_end":
-                    chunk = joiner.end_phrase()
-                    if chunk.numel():
-                        yield TurnEvent("audio", audio=chunk)
-            chunk = joiner.finish()  # the last samples held back for a cross-fade
-            if chunk.numel():
-                yield TurnEvent("audio", audio=chunk)
+                    yield TurnEvent("audio", audio=event.waveform)
         finally:
             if thread.is_alive():  # the consumer left early (e.g. Gradio cancelled the event): end generation
                 stop.set()
@@ -441,6 +477,7 @@ class SpeechChat:
         message, full_text = self._assistant_message(out, prompt_length)
         yield TurnEvent("done", text=full_text, message=message, codes=list(out.audio_codes[0]))
 
+    @releases_openmp_workers
     def answer(self, messages: list[dict], voice: str = DEFAULT_VOICE, speak: bool = True) -> TurnEvent:
         """The same turn without streaming: ``done`` event with ``text``, ``codes``, ``message`` and ``audio`` (the
         whole 24 kHz answer from :meth:`decode_answer`, or None)."""
@@ -467,6 +504,7 @@ class SpeechChat:
         return join_waveforms(waves, CROSSFADE) if waves else None
 
     # ------------------------------------------------------------------------------------------ base tasks
+    @releases_openmp_workers
     def transcribe(self, audio) -> str:
         """Base-model ASR of a Gradio audio value / file path (validated)."""
         wave, rate = load_user_audio(audio, self.limits)
@@ -481,6 +519,7 @@ class SpeechChat:
             out.sequences[0, prompt : int(out.sequence_lengths[0])], skip_special_tokens=True
         ).strip()
 
+    @releases_openmp_workers
     def synthesize(self, text: str) -> torch.Tensor:
         """Base-model TTS of ``text`` (chunked like the original base TTS demo): the 24 kHz waveform."""
         text = check_text(text, self.limits)
@@ -505,6 +544,7 @@ class SpeechChat:
 
 
 # ------------------------------------------------------------------------------------- options of the front ends
+@releases_openmp_workers
 def speech_chat_from_args(args: argparse.Namespace) -> SpeechChat:
     """Load the model of ``args.model`` (:func:`.loading.load_model_and_processor`) and wrap it in a
     :class:`SpeechChat` with the options of :func:`.loading.add_model_arguments` (``tiny-random`` gets short caps)."""

@@ -15,7 +15,8 @@
 
 Waveform chunks come from the code2wav streaming decoder (``code2wav.streaming_decoder()``): the first chunk of a
 phrase is produced as soon as its first decoder chunk of code frames exists (25 frames = 2 s of speech for the
-released model), not at the end of the phrase. Decoding runs in the consuming thread (while it iterates).
+released model), not at the end of the phrase. Decoding runs in the consuming thread (while it iterates), or in
+the generation thread with ``decode_priority="inline"``.
 
 ``decode_priority`` says whether generation goes on while a waveform chunk is decoded:
 
@@ -26,6 +27,15 @@ released model), not at the end of the phrase. Decoding runs in the consuming th
   the first sound (measured at the 0.5B-class size on 2 cores with ``benchmarks/bench_generation.py --turn``: see
   the README).
 * ``"always"``: the generation loop waits (at its next audio frame) while any chunk is decoded.
+* ``"inline"``: the generation thread decodes each frame's chunk itself, inside ``put_audio`` / ``end_segment``
+  (generation waits for every chunk, as with ``"always"``), and the consumer only receives finished events: all
+  tensor work stays on one thread. On a CPU this is the fast choice: every thread that runs parallel torch work
+  keeps its own OpenMP worker team, and with more OpenMP threads than cores GNU OpenMP stops busy-waiting between
+  parallel regions, so each of the thousands of small operations per audio frame waits for a sleeping worker to
+  wake. Measured on the 2-core build machine: 64-89 µs instead of 9-16 µs per region; the 0.5B-class model's audio
+  frames at 5.8 instead of 8.5 per second in a second thread. The consuming thread's own team (e.g. from loading
+  the model) also counts: :func:`transformers_baichuan_audio.cpu_threads.release_openmp_workers` lets it go, as
+  the chat engine does before each turn.
 """
 
 from __future__ import annotations
@@ -70,11 +80,11 @@ class BaichuanAudioStreamer(BaseStreamer):
         decoder_kwargs: extra arguments of ``code2wav.streaming_decoder`` (e.g. ``generator``).
         skip_special_tokens: passed to ``tokenizer.decode``.
         timeout: seconds the consumer waits for the next event before ``queue.Empty`` is raised (None: forever).
-        decode_priority: ``"overlap"``, ``"first_chunk"`` or ``"always"`` (see the module docstring).
+        decode_priority: ``"overlap"``, ``"first_chunk"``, ``"always"`` or ``"inline"`` (see the module docstring).
     """
 
     _END = object()
-    DECODE_PRIORITIES = ("overlap", "first_chunk", "always")
+    DECODE_PRIORITIES = ("overlap", "first_chunk", "always", "inline")
 
     def __init__(
         self,
@@ -97,7 +107,7 @@ class BaichuanAudioStreamer(BaseStreamer):
         self.queue: queue.Queue = queue.Queue()
         self._tokens: dict[int, list[int]] = {}
         self._printed: dict[int, int] = {}
-        self._decoders: dict[int, object] = {}  # consumer side only
+        self._decoders: dict[int, object] = {}  # the decoding side only (consumer, or producer when inline)
         self._pending: list[BaichuanAudioStreamEvent] = []
         self._segments: dict[int, int] = {}
         self._prompt_seen = False
@@ -122,19 +132,29 @@ class BaichuanAudioStreamer(BaseStreamer):
             else:
                 text = full[self._printed.get(row, 0) :]
                 self._printed[row] = len(full)
-        self.queue.put(BaichuanAudioStreamEvent(row=row, kind="text", token_ids=list(token_ids), text=text))
+        self.enqueue(BaichuanAudioStreamEvent(row=row, kind="text", token_ids=list(token_ids), text=text))
 
     def put_audio(self, row: int, codes: torch.Tensor) -> None:
         """New audio frames (n, num_codebooks) of ``row``'s current segment."""
         codes = codes.detach().to("cpu", torch.long)
-        self.queue.put(BaichuanAudioStreamEvent(row=row, kind="audio", codes=codes, segment=self._segments.get(row, 0)))
+        event = BaichuanAudioStreamEvent(row=row, kind="audio", codes=codes, segment=self._segments.get(row, 0))
+        if self.decodes_inline:
+            self._decode(event)
+        self.enqueue(event)
         self._decoder_idle.wait()  # decode_priority: generation waits while the consumer decodes
 
     def end_segment(self, row: int) -> None:
         """The current audio segment of ``row`` ended."""
         segment = self._segments.get(row, 0)
-        self.queue.put(BaichuanAudioStreamEvent(row=row, kind="segment_end", segment=segment))
+        event = BaichuanAudioStreamEvent(row=row, kind="segment_end", segment=segment)
+        if self.decodes_inline and row in self._decoders:
+            self.enqueue(self._finish_phrase(event))
+        self.enqueue(event)
         self._segments[row] = segment + 1
+
+    def enqueue(self, event: BaichuanAudioStreamEvent) -> None:
+        """Hand ``event`` to the consumer (producer side; a subclass may transform events here)."""
+        self.queue.put(event)
 
     def put(self, value: torch.Tensor) -> None:
         """``BaseStreamer.put`` (the stock ``generate``): token ids ``(batch, n)`` or ``(n,)``; the first call (the
@@ -160,30 +180,44 @@ class BaichuanAudioStreamer(BaseStreamer):
         item = self.queue.get(timeout=self.timeout)
         if item is self._END:
             raise StopIteration
-        if self.code2wav is None:
+        if self.code2wav is None or self.decodes_inline:
             return item
-        # Waveforms are decoded here, on the CONSUMER side, so that code2wav never blocks the generation loop.
+        # Waveforms are decoded here, on the CONSUMER side, so that code2wav does not block the generation loop.
         if item.kind == "audio":
-            decoder = self._decoders.get(item.row)
-            if decoder is None:
-                decoder = self._decoders[item.row] = self.code2wav.streaming_decoder(**self.decoder_kwargs)
             waits = self.decode_priority == "always" or (
                 self.decode_priority == "first_chunk" and item.row not in self._sounded
             )
             if waits:
                 self._decoder_idle.clear()
             try:
-                item.waveform = decoder.push(item.codes.to(self.code2wav.device)).detach().cpu()
+                self._decode(item)
             finally:
                 self._decoder_idle.set()
-            if item.waveform.numel():
-                self._sounded.add(item.row)
         elif item.kind == "segment_end" and item.row in self._decoders:
-            self._sounded.discard(item.row)
-            rest = self._decoders.pop(item.row).finish().detach().cpu()
             self._pending.append(item)  # the rest of the phrase comes as one more audio event before segment_end
-            return BaichuanAudioStreamEvent(row=item.row, kind="audio", waveform=rest, segment=item.segment)
+            return self._finish_phrase(item)
         return item
+
+    # --------------------------------------------------------------------------------------------- decoding
+    @property
+    def decodes_inline(self) -> bool:
+        """Whether waveforms are decoded on the producer side (``decode_priority="inline"``)."""
+        return self.code2wav is not None and self.decode_priority == "inline"
+
+    def _decode(self, event: BaichuanAudioStreamEvent) -> None:
+        """Set ``event.waveform``: its frames pushed into the row's streaming decoder (made at its first frame)."""
+        decoder = self._decoders.get(event.row)
+        if decoder is None:
+            decoder = self._decoders[event.row] = self.code2wav.streaming_decoder(**self.decoder_kwargs)
+        event.waveform = decoder.push(event.codes.to(self.code2wav.device)).detach().cpu()
+        if event.waveform.numel():
+            self._sounded.add(event.row)
+
+    def _finish_phrase(self, segment_end: BaichuanAudioStreamEvent) -> BaichuanAudioStreamEvent:
+        """The audio event with the rest of the row's phrase (its decoder finished) that precedes ``segment_end``."""
+        self._sounded.discard(segment_end.row)
+        rest = self._decoders.pop(segment_end.row).finish().detach().cpu()
+        return BaichuanAudioStreamEvent(row=segment_end.row, kind="audio", waveform=rest, segment=segment_end.segment)
 
 
 __all__ = ["BaichuanAudioStreamer", "BaichuanAudioStreamEvent"]
