@@ -621,7 +621,8 @@ def main() -> None:
         "--turn-decode-priorities",
         type=lambda v: v.split(","),
         default=["inline"],
-        help="--turn: comma-separated decode priorities of the engine's streamer (inline, overlap, first_chunk, always)",
+        help="--turn: comma-separated decode priorities of the engine's streamer "
+        "(inline, overlap, first_chunk, always)",
     )
     parser.add_argument(
         "--layout-compare",

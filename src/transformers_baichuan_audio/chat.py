@@ -10,10 +10,11 @@ model options shared by the command line and the app (:func:`.loading.add_model_
 
 Audio streaming. Speech is decoded phrase by phrase with the code2wav streaming decoder as the codes are generated
 (each frame is pushed as the generation loop emits it; by default the turn's generation thread decodes it, so that
-all of a turn's tensor work runs on one thread, see ``decode_priority``) and every chunk it returns is yielded at once. Chunk schedule (``first_chunk_frames`` /
-``chunk_frames``, see ``modeling/code2wav_streaming.py``): by default a chunk per 25 code frames (2 s of speech: the
-U-Net's attention chunk, the earliest exact one; the first chunk holds 69 mel frames = 1.38 s, the vocoder's 31-frame
-lookahead waits for the next); ``first_chunk_frames`` 8..24 gives a provisional first chunk after that many frames.
+all of a turn's tensor work runs on one thread, see ``decode_priority``) and every chunk it returns is yielded at
+once. Chunk schedule (``first_chunk_frames`` / ``chunk_frames``, see ``modeling/code2wav_streaming.py``): by
+default a chunk per 25 code frames (2 s of speech: the U-Net's attention chunk, the earliest exact one; the first
+chunk holds 69 mel frames = 1.38 s, the vocoder's 31-frame lookahead waits for the next); ``first_chunk_frames``
+8..24 gives a provisional first chunk after that many frames.
 Within a phrase the chunks concatenate to exactly the phrase's length (``(4 * frames - 1) * 480`` samples, as the
 one-shot decode; no cross-fade, the vocoder windows overlap by its receptive field only). Phrases are joined with the
 same 240-sample overlapping cross-fade as ``model.decode_audio_segments`` (no sample added: the answer has the sum
@@ -172,7 +173,7 @@ class _TurnStreamer(BaichuanAudioStreamer):
     """The streamer of one turn: aborts generation (raises :class:`TurnStopped` in the generation thread) once
     ``stop`` is set, and joins the phrases' waveforms (:class:`PhraseJoiner`) where they are decoded: in the
     generation thread with ``decode_priority="inline"`` (then the consuming thread does no tensor work at all, see
-    :mod:`.cpu_threads`), else in the consuming thread (:meth:`joined`). Audio events then carry the samples to
+    :mod:`.cpu_threads`), else in the consuming thread (:meth:`joined_events`). Audio events then carry the samples to
     play now, and :meth:`end` adds one more with the samples held back for a cross-fade."""
 
     def __init__(self, stop: threading.Event, **kwargs):
