@@ -29,13 +29,10 @@ the generation thread with ``decode_priority="inline"``.
 * ``"always"``: the generation loop waits (at its next audio frame) while any chunk is decoded.
 * ``"inline"``: the generation thread decodes each frame's chunk itself, inside ``put_audio`` / ``end_segment``
   (generation waits for every chunk, as with ``"always"``), and the consumer only receives finished events: all
-  tensor work stays on one thread. On a CPU this is the fast choice: every thread that runs parallel torch work
-  keeps its own OpenMP worker team, and with more OpenMP threads than cores GNU OpenMP stops busy-waiting between
-  parallel regions, so each of the thousands of small operations per audio frame waits for a sleeping worker to
-  wake. Measured on the 2-core build machine: 64-89 µs instead of 9-16 µs per region; the 0.5B-class model's audio
-  frames at 5.8 instead of 8.5 per second in a second thread. The consuming thread's own team (e.g. from loading
-  the model) also counts: :func:`transformers_baichuan_audio.cpu_threads.release_openmp_workers` lets it go, as
-  the chat engine does before each turn.
+  tensor work stays on one thread. On a CPU this is the fast choice: a second thread's OpenMP worker team on the
+  cores slows every parallel region of both (measured 1.4x on the audio frames: see
+  :mod:`transformers_baichuan_audio.cpu_threads`, whose ``release_openmp_workers`` also lets the consuming
+  thread's own team go, as the chat engine does before each turn).
 """
 
 from __future__ import annotations
