@@ -20,16 +20,23 @@ reported. Per phrase:
 
 ``--first-chunk-frames N`` (N < 25) also times a stream whose first chunk is provisional (after N frames; see
 ``modeling/code2wav_streaming.py``). ``--reference`` also times the prefix re-decode path (quadratic: slow at real
-size). The last line printed is one JSON object.
+size). ``--left-chunks N [N ...]`` also times, per N, the bounded-context policy
+``flow_matching_config.num_decoding_left_chunks = N`` (each U-Net chunk attends to the N chunks before it instead of
+every earlier one): its stream against its own one-shot decode (``left_chunks_N``), and its one-shot mel against
+the default's (same codes and noise): ``mel_error_max`` / ``mel_error_rms`` beside ``mel_range`` (random weights: a
+measure of how far the policy moves this model, not of how it sounds with the released weights). The last line
+printed is one JSON object.
 
     python benchmarks/bench_code2wav_streaming.py --threads 1                       # small config, 4..32 s
     python benchmarks/bench_code2wav_streaming.py --size real --threads 1 --repeats 1 --seconds 4 8 16 32
+    python benchmarks/bench_code2wav_streaming.py --size real --threads 2 --repeats 1 --left-chunks 1 2
     python benchmarks/bench_code2wav_streaming.py --size real --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import time
@@ -66,12 +73,24 @@ def stream_times(model, codes, noise, steps, device, **decoder_kwargs):
     return chunks, finish_s, total + finish_s
 
 
-def one_shot_time(model, codes, noise, steps, device) -> float:
+def one_shot_time(model, codes, noise, steps, device) -> tuple[float, torch.Tensor]:
+    """(seconds, mel (n_mels, T)) of the one-shot decode."""
     _sync(device)
     start = time.perf_counter()
-    model.decode(codes, noise=noise[..., : 4 * codes.shape[0] - 1], num_steps=steps)
+    out = model.decode(codes, noise=noise[..., : 4 * codes.shape[0] - 1], num_steps=steps)
     _sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, out.mel[0]
+
+
+@contextlib.contextmanager
+def left_chunks(model, n: int):
+    """``flow_matching_config.num_decoding_left_chunks = n`` inside the block."""
+    fm = model.config.flow_matching_config
+    before, fm.num_decoding_left_chunks = fm.num_decoding_left_chunks, n
+    try:
+        yield
+    finally:
+        fm.num_decoding_left_chunks = before
 
 
 def summarise(runs, sampling_rate: int, audio_seconds: float, one_shot_s: float) -> dict:
@@ -105,6 +124,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--first-chunk-frames", type=int, default=None, help="also time a provisional first chunk")
     parser.add_argument("--reference", action="store_true", help="also time the prefix re-decode reference path")
+    parser.add_argument(
+        "--left-chunks", type=int, nargs="*", default=[], help="also time num_decoding_left_chunks = N (per N)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,11 +135,19 @@ def main() -> None:
     torch.manual_seed(0)
     model = BaichuanAudioCode2Wav(config).eval().to(device)
     rate, hop = config.vocoder_config.sampling_rate, config.vocoder_config.hop_length
-    variants = {"incremental": {"incremental": True}}
+    # name -> (streaming decoder kwargs, num_decoding_left_chunks)
+    default_left = config.flow_matching_config.num_decoding_left_chunks
+    variants = {"incremental": ({"incremental": True}, default_left)}
     if args.first_chunk_frames is not None:
-        variants["provisional_first"] = {"incremental": True, "first_chunk_frames": args.first_chunk_frames}
+        variants["provisional_first"] = (
+            {"incremental": True, "first_chunk_frames": args.first_chunk_frames},
+            default_left,
+        )
     if args.reference:
-        variants["reference"] = {"incremental": False}
+        variants["reference"] = ({"incremental": False}, default_left)
+    for n in args.left_chunks:
+        variants[f"left_chunks_{n}"] = ({"incremental": True}, n)
+    lefts = sorted({left for _, left in variants.values()})
 
     g = torch.Generator().manual_seed(0)
     phrases = []
@@ -128,16 +158,21 @@ def main() -> None:
         phrases.append((seconds, codes.to(device), noise.to(device), (4 * frames - 1) * hop / rate))
 
     runs = {(p[0], name): [] for p in phrases for name in variants}
-    one_shot = {p[0]: [] for p in phrases}
+    one_shot = {(p[0], left): [] for p in phrases for left in lefts}
+    mels = {}
     with torch.no_grad():
         warm = phrases[0]
         stream_times(model, warm[1][:26], warm[2], 1, device)  # warm-up: one chunk, one Euler step
         one_shot_time(model, warm[1][:26], warm[2], 1, device)
         for repeat in range(args.repeats):
             for seconds, codes, noise, _ in phrases:
-                for name, kwargs in variants.items():
-                    runs[(seconds, name)].append(stream_times(model, codes, noise, args.steps, device, **kwargs))
-                one_shot[seconds].append(one_shot_time(model, codes, noise, args.steps, device))
+                for name, (kwargs, left) in variants.items():
+                    with left_chunks(model, left):
+                        runs[(seconds, name)].append(stream_times(model, codes, noise, args.steps, device, **kwargs))
+                for left in lefts:
+                    with left_chunks(model, left):
+                        seconds_taken, mels[(seconds, left)] = one_shot_time(model, codes, noise, args.steps, device)
+                    one_shot[(seconds, left)].append(seconds_taken)
                 print(f"  repeat {repeat + 1}/{args.repeats}: {seconds:g} s phrase done", flush=True)
 
     result = {
@@ -153,7 +188,7 @@ def main() -> None:
         "phrases": [],
     }
     for seconds, codes, _, audio_seconds in phrases:
-        decode_s = min(one_shot[seconds])
+        decode_s = min(one_shot[(seconds, default_left)])
         entry = {
             "phrase_seconds": seconds,
             "frames": codes.shape[0],
@@ -161,17 +196,28 @@ def main() -> None:
             "one_shot_seconds": round(decode_s, 4),
             "one_shot_rtf": round(audio_seconds / decode_s, 3),
         }
-        for name in variants:
-            entry[name] = summarise(runs[(seconds, name)], rate, audio_seconds, decode_s)
+        exact = mels[(seconds, default_left)]
+        for name, (_, left) in variants.items():
+            own_s = min(one_shot[(seconds, left)])
+            entry[name] = summarise(runs[(seconds, name)], rate, audio_seconds, own_s)
+            if left != default_left:
+                error = mels[(seconds, left)] - exact
+                entry[name].update(
+                    one_shot_seconds=round(own_s, 4),
+                    mel_error_max=round(error.abs().max().item(), 5),
+                    mel_error_rms=round(error.square().mean().sqrt().item(), 5),
+                    mel_range=round((exact.max() - exact.min()).item(), 3),
+                )
         result["phrases"].append(entry)
         for name in variants:
             r = entry[name]
+            own_s = r.get("one_shot_seconds", decode_s)
+            error = f"; mel error {r['mel_error_max']} max / {r['mel_error_rms']} rms" if "mel_error_max" in r else ""
             print(
                 f"{seconds:5g} s {name:17s}: first chunk {r['first_chunk_seconds']} s after {r['first_chunk_after_frames']}"
                 f" frames ({r['first_chunk_audio_seconds']} s audio); chunks {r['chunk_seconds']} s; last/first "
                 f"{r['last_over_first_chunk']}, max/first {r['max_over_first_chunk']}; stream {r['stream_seconds']} s"
-                f" (RTF {r['stream_rtf']}) = {r['stream_over_one_shot']}x one-shot {decode_s:.3f} s"
-                f" (RTF {entry['one_shot_rtf']})"
+                f" (RTF {r['stream_rtf']}) = {r['stream_over_one_shot']}x one-shot {own_s:.3f} s{error}"
             )
     print(json.dumps(result))
 

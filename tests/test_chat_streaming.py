@@ -96,6 +96,20 @@ def test_cli_chat_stream_chunks(tiny, tmp_path, capsys, monkeypatch):
         cli.main([*args, "--first-chunk-frames", "5"])
 
 
+def test_cli_decoding_left_chunks(tiny, tmp_path, capsys, monkeypatch):
+    """``--decoding-left-chunks N`` sets code2wav's bounded-context policy on the loaded model (the setting
+    ``tests/test_code2wav_left_chunks.py`` checks); a value below -1 is argparse's one-line error (exit 2)."""
+    monkeypatch.setattr(tiny_random, "build_tiny_random", lambda seed=0, dtype=None: tiny)
+    fm = tiny[0].code2wav.config.flow_matching_config
+    monkeypatch.setattr(fm, "num_decoding_left_chunks", fm.num_decoding_left_chunks)  # restored afterwards
+    args = ["chat", "--model", "tiny-random", "--greedy", "--text", "hello", "--out", str(tmp_path / "a.wav")]
+    assert cli.main([*args, "--decoding-left-chunks", "1"]) == 0
+    assert fm.num_decoding_left_chunks == 1
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*args, "--decoding-left-chunks", "-2"])
+    assert exc.value.code == 2 and "must be -1 (every earlier chunk) or >= 0" in capsys.readouterr().err
+
+
 def _turn_threads(chat: SpeechChat, monkeypatch) -> tuple[list, dict[str, set[int]]]:
     """One spoken turn: (events, thread ids that ran forwards of the LLM / code2wav modules and phrase joins)."""
     threads: dict[str, set[int]] = {"llm": set(), "code2wav": set(), "join": set()}

@@ -550,6 +550,9 @@ def speech_chat_from_args(args: argparse.Namespace) -> SpeechChat:
     """Load the model of ``args.model`` (:func:`.loading.load_model_and_processor`) and wrap it in a
     :class:`SpeechChat` with the options of :func:`.loading.add_model_arguments` (``tiny-random`` gets short caps)."""
     model, processor = loading.load_model_and_processor(args.model, args.vocoder, args.device, args.dtype)
+    left_chunks = getattr(args, "decoding_left_chunks", None)
+    if left_chunks is not None and getattr(model, "code2wav", None) is not None:
+        model.code2wav.config.flow_matching_config.num_decoding_left_chunks = left_chunks
     kwargs = loading.generation_kwargs_for(args.model)
     if args.greedy:
         kwargs["do_sample"] = False

@@ -327,6 +327,12 @@ class BaichuanAudioFlowMatchingConfig(PreTrainedConfig):
             the U-Net estimator runs under ``torch.autocast`` in that dtype (the fast path: about 1.5x on a CPU with
             AVX512-BF16 and on GPUs, with a mel error of about 1e-2; see ``benchmarks/bench_code2wav.py``). Not a
             field of the original.
+        num_decoding_left_chunks: how many earlier ``static_chunk_size`` chunks a U-Net attention chunk sees (the
+            ``num_decoding_left_chunks`` of CosyVoice's chunk mask): ``-1`` (default, the original) every earlier
+            chunk, so the attention work of a chunk grows with the phrase; ``n >= 0`` only the ``n`` before it, a
+            bounded-context policy that makes streamed chunks cost the same at any phrase length (one-shot and
+            streamed decodes apply the same mask, so they still agree; the mel is not the original's: see
+            ``benchmarks/bench_code2wav_streaming.py --left-chunks``). Not a field of the original.
     """
 
     model_type = "baichuan_audio_flow_matching"
@@ -360,6 +366,7 @@ class BaichuanAudioFlowMatchingConfig(PreTrainedConfig):
     mel_sampling_rate: int = 24000
     mel_hop_length: int = 480
     compute_dtype: str | None = None
+    num_decoding_left_chunks: int = -1
 
     def __post_init__(self, **kwargs):
         if self.channels is None:
@@ -378,6 +385,12 @@ class BaichuanAudioFlowMatchingConfig(PreTrainedConfig):
             raise ValueError(
                 f"BaichuanAudioFlowMatchingConfig: compute_dtype must be one of {FLOW_MATCHING_COMPUTE_DTYPES}, "
                 f"got {self.compute_dtype!r}"
+            )
+        left = self.num_decoding_left_chunks
+        if isinstance(left, bool) or not isinstance(left, int) or left < -1:
+            raise ValueError(
+                "BaichuanAudioFlowMatchingConfig: num_decoding_left_chunks must be -1 (every earlier chunk) or an int "
+                f">= 0, got {left!r}"
             )
 
 

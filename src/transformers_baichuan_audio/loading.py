@@ -108,6 +108,17 @@ def positive_int(value: str) -> int:
     return number
 
 
+def left_chunks_count(value: str) -> int:
+    """argparse type of ``--decoding-left-chunks``: -1 (every earlier chunk) or an integer >= 0."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if number < -1:
+        raise argparse.ArgumentTypeError(f"must be -1 (every earlier chunk) or >= 0, got {number}")
+    return number
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model options of ``baichuan-audio demo`` / ``chat`` / ``asr`` / ``tts`` (read by :func:`.chat.speech_chat_from_args`)."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
@@ -129,6 +140,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="streamed speech: code frames before a phrase's first audio chunk (default 25, the first exact chunk; "
         "8..24: a provisional, approximate first chunk, sooner)",
     )
+    parser.add_argument(
+        "--decoding-left-chunks",
+        type=left_chunks_count,
+        help="speech: earlier 2 s chunks each U-Net attention chunk of code2wav sees (default: the model's config, "
+        "-1 = all, the original; N >= 0: a bounded context, the same cost per streamed chunk at any phrase length, "
+        "not the original's output)",
+    )
 
 
 __all__ = [
@@ -137,6 +155,7 @@ __all__ = [
     "add_model_arguments",
     "find_vocoder",
     "generation_kwargs_for",
+    "left_chunks_count",
     "load_model_and_processor",
     "positive_int",
 ]

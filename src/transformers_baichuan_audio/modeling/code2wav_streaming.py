@@ -38,6 +38,11 @@ Two paths (``incremental=``):
   as the model's attention does; keys / values kept in buffers with room for ``reserve_frames``, doubling past
   it); the vocoder windows are bounded.
   Memory: keys / values of every attention layer, for the U-Net per Euler step and for both CFG halves.
+  Bounded context (``flow_matching_config.num_decoding_left_chunks = n >= 0``, default -1 = every earlier chunk):
+  a U-Net chunk attends to the ``n`` chunks before it only, and the stream keeps only their keys / values, so the
+  cost and memory per chunk no longer grow with the phrase. The one-shot decode applies the same mask, so the
+  stream still equals it (as above); neither equals the original's mel past the first ``n + 1`` chunks
+  (``benchmarks/bench_code2wav_streaming.py --left-chunks`` measures by how much and how fast).
 * reference (``incremental=False``): each chunk re-decodes the whole prefix (quadratic in the phrase length, ~3x a
   one-shot decode for 10 s), and the last chunk is exact with running statistics.
 

@@ -177,14 +177,18 @@ class BaichuanAudioUNetAttention(nn.Module):
     ):
         """``chunk_size`` (no ``attention_mask``, every frame valid): the static chunk mask computed chunk by chunk,
         the queries of chunk ``c`` against the keys of chunks ``0..c`` only (the same sets the mask allows, without
-        the work on masked pairs)."""
+        the work on masked pairs). ``flow_matching_config.num_decoding_left_chunks`` >= 0 bounds the earlier chunks
+        seen here and in the streamed keys / values (``attention_mask`` carries it itself)."""
         bsz, seq_len, _ = hidden_states.shape
         shape = (bsz, seq_len, self.num_heads, self.head_dim)
         query, key, value = (
             proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v)
         )
+        fm = self.config.flow_matching_config
+        left = fm.num_decoding_left_chunks
         if cache is not None:
-            key, value = cache.keys_values(self, key, value)
+            window = left * fm.static_chunk_size if left >= 0 else None
+            key, value = cache.keys_values(self, key, value, window)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -199,7 +203,8 @@ class BaichuanAudioUNetAttention(nn.Module):
             pieces = []
             for start in range(0, seq_len, chunk_size):
                 end = min(seq_len, start + chunk_size)
-                pieces.append(attend(query[:, :, start:end], key[:, :, :end], value[:, :, :end], None))
+                first = max(0, start - left * chunk_size) if left >= 0 else 0
+                pieces.append(attend(query[:, :, start:end], key[:, :, first:end], value[:, :, first:end], None))
             out = torch.cat(pieces, dim=1)
         else:
             out = attend(query, key, value, attention_mask)
@@ -277,6 +282,7 @@ class BaichuanAudioUNetStage(nn.Module):
 
     def __init__(self, config, dim: int, dim_out: int, time_dim: int, sampler: nn.Module | None):
         super().__init__()
+        self.config = config
         self.resnet = CausalResnetBlock1D(dim, dim_out, time_dim)
         self.transformer_blocks = nn.ModuleList(
             [BaichuanAudioUNetTransformerBlock(config, dim_out) for _ in range(config.flow_matching_config.n_blocks)]
@@ -292,14 +298,16 @@ class BaichuanAudioUNetStage(nn.Module):
         cache: StreamingCache | None = None,
         dense: bool = False,
     ) -> torch.Tensor:
-        """``cache``: x is one aligned attention chunk; it sees all of itself and every earlier chunk (no mask).
+        """``cache``: x is one aligned attention chunk; it sees all of itself and every earlier chunk (no mask; or
+        the ``num_decoding_left_chunks`` before it).
         ``dense``: every frame of every row is valid: the chunk mask is applied chunk by chunk, without a mask."""
         x = self.resnet(x, mask, time_emb, cache)
         attn_mask, chunked = None, None
         if cache is None and dense:
             chunked = chunk_size if chunk_size > 0 else None
         elif cache is None:
-            attn_mask = build_attention_mask(mask[:, 0].bool(), x.shape[-1], chunk_size=chunk_size)
+            left = self.config.flow_matching_config.num_decoding_left_chunks
+            attn_mask = build_attention_mask(mask[:, 0].bool(), x.shape[-1], chunk_size=chunk_size, left_chunks=left)
         h = x.transpose(1, 2)
         for block in self.transformer_blocks:
             h = block(h, attn_mask, cache, chunked)

@@ -60,6 +60,7 @@ def build_attention_mask(
     chunk_size: int | None = None,
     device: torch.device | None = None,
     past_length: int = 0,
+    left_chunks: int = -1,
 ) -> torch.Tensor | None:
     """Boolean (B or 1, 1, T, past_length + T) attention mask, True = attend.
 
@@ -69,14 +70,18 @@ def build_attention_mask(
         chunk_size: static chunk mask (each query attends to every key of its own chunk and of earlier chunks);
             takes the place of ``causal`` when given.
         past_length: causal only: ``past_length`` cached keys precede the T queries (all visible to them).
+        left_chunks: with ``chunk_size``: the earlier chunks visible to a query, -1 (default) all of them, else the
+            ``left_chunks`` before its own.
     Returns None when nothing is masked (lets SDPA pick its fastest kernel).
     """
     if valid is not None:
         device = valid.device
     mask = None
     if chunk_size is not None and chunk_size > 0:
-        pos = torch.arange(seq_len, device=device)
-        mask = (pos[None, :] // chunk_size) <= (pos[:, None] // chunk_size)
+        pos = torch.arange(seq_len, device=device) // chunk_size
+        mask = pos[None, :] <= pos[:, None]
+        if left_chunks >= 0:
+            mask = mask & (pos[None, :] >= pos[:, None] - left_chunks)
     elif causal:
         pos = torch.arange(seq_len, device=device)
         mask = torch.arange(past_length + seq_len, device=device)[None, :] <= pos[:, None] + past_length
@@ -122,8 +127,9 @@ class StreamingCache:
         self.new[key] = full[..., full.shape[-1] - width :]
         return full
 
-    def keys_values(self, module: nn.Module, key: torch.Tensor, value: torch.Tensor):
-        """(B, H, T, D) keys / values of the chunk -> those of every frame so far (earlier ones first).
+    def keys_values(self, module: nn.Module, key: torch.Tensor, value: torch.Tensor, window: int | None = None):
+        """(B, H, T, D) keys / values of the chunk -> those of every frame so far (earlier ones first), or with
+        ``window`` only those of the ``window`` frames before the chunk and the chunk's own (:meth:`windowed`).
 
         Kept in buffers of room for ``reserve`` frames (the caller's expected length), that double when full (no
         copy of the whole history per chunk); a cache only reads the first ``n`` frames it recorded, so a chunk
@@ -131,6 +137,8 @@ class StreamingCache:
         empty tensor are only mapped as frames are written, while growing copies the history into pages that are
         all new at once (on a VM that page-faulting costs seconds for the GB of a long phrase's U-Net state).
         """
+        if window is not None:
+            return self.windowed(module, key, value, window)
         name = (self.scope, id(module))
         buffers, n = self.past.get(name, (None, 0))
         total = n + key.shape[-2]
@@ -145,6 +153,20 @@ class StreamingCache:
         buffers[1][..., n:total, :] = value
         self.new[name] = (buffers, total)
         return buffers[0][..., :total, :], buffers[1][..., :total, :]
+
+    def windowed(self, module: nn.Module, key: torch.Tensor, value: torch.Tensor, window: int):
+        """:meth:`keys_values` of a bounded context: the ``window`` frames before the chunk and the chunk's own.
+
+        The state is the last ``window`` frames (a view of this chunk's concatenation, never written again), so it
+        stays the same size at any phrase length, and an earlier cache stays valid without bookkeeping.
+        """
+        name = (self.scope, id(module), "window")
+        past = self.past.get(name)
+        if past is not None:
+            key, value = torch.cat([past[0], key], dim=-2), torch.cat([past[1], value], dim=-2)
+        keep = max(0, key.shape[-2] - window)
+        self.new[name] = (key[..., keep:, :], value[..., keep:, :])
+        return key, value
 
 
 def eager_attention_forward(
