@@ -101,24 +101,40 @@ def test_left_chunks_covering_the_phrase_is_the_default(tiny_model, phrase, left
     assert torch.equal(_decode(tiny_model, phrase).mel[0], full.mel[0])
 
 
-@pytest.mark.parametrize("left", [0, 2])
-def test_stream_equals_one_shot_with_bounded_state(tiny_model, phrase, left_chunks, left):
+@pytest.mark.parametrize(
+    ("left", "frames", "first"),
+    [(0, FRAMES, None), (2, FRAMES, None), (1, 100, None), (1, FRAMES, 10)],
+    ids=["n0", "n2", "n1-ends-on-a-chunk-boundary", "n1-provisional-first-chunk"],
+)
+def test_stream_equals_one_shot_with_bounded_state(tiny_model, phrase, left_chunks, left, frames, first):
+    """Also the two paths that recompute from an earlier cache: a phrase ending exactly on a chunk boundary (its
+    last chunk decoded again as the end) and a provisional first chunk (its 4 * 10 - 31 = 9 vocoded mel frames are
+    the provisional ones; every later frame must be the one-shot's)."""
     codes, noise, draws = phrase
+    codes = codes[:frames]
+    draws = NSFSourceDraws(draws.phase, draws.noise[..., : (4 * frames - 1) * tiny_model.vocoder.upsample_factor])
     left_chunks(left)
-    one_shot = _decode(tiny_model, phrase)
-    stats = tiny_model.groupnorm_statistics(tiny_model.dequantize(codes)[None], torch.tensor([FRAMES]))
-    stream = tiny_model.streaming_decoder(noise=noise, draws=draws, norm_stats=stats, num_steps=STEPS)
-    held = set()
-    chunks = []
-    for i in range(FRAMES):
+    one_shot = _decode(tiny_model, (codes, noise[..., : 4 * frames], draws))
+    stats = tiny_model.groupnorm_statistics(tiny_model.dequantize(codes)[None], torch.tensor([frames]))
+    stream = tiny_model.streaming_decoder(
+        noise=noise, draws=draws, norm_stats=stats, num_steps=STEPS, first_chunk_frames=first
+    )
+    rings, chunks = [], []
+    for i in range(frames):
         chunks.append(stream.push(codes[i : i + 1]))
-        held |= {v[0].shape[-2] for k, v in stream.cache.past.items() if isinstance(k, tuple) and "window" in k}
+        held = {k: v[0] for k, v in stream.cache.past.items() if isinstance(k, tuple) and "ring" in k}
+        if held:
+            rings.append({k: (ring[0].data_ptr(), ring[0].shape[-2]) for k, ring in held.items()})
     chunks.append(stream.finish())
-    assert held == ({0} if left == 0 else {100, 200})  # keys of at most n chunks per attention layer
-    assert (stream.mel[0] - one_shot.mel[0]).abs().max() <= MEL_TOL
+    # one ring of n + 1 chunks (100 mel frames each) per attention layer and Euler step, allocated once
+    assert len(rings) > 2 * 25 and all(r == rings[0] for r in rings)
+    assert {room for _, room in rings[0].values()} == {100 * (left + 1)}
+    exact_from = 0 if first is None else 4 * first - 31
+    assert (stream.mel[0][..., exact_from:] - one_shot.mel[0][..., exact_from:]).abs().max() <= MEL_TOL
     wave = torch.cat(chunks)
     assert wave.numel() == one_shot.audio_values[0].numel()
-    assert (wave - one_shot.audio_values[0]).abs().max() <= 1e-6
+    if first is None:
+        assert (wave - one_shot.audio_values[0]).abs().max() <= 1e-6
 
 
 @pytest.mark.parametrize("bad", [-2, 1.5, True, "all"])

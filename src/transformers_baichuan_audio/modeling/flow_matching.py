@@ -187,8 +187,7 @@ class BaichuanAudioUNetAttention(nn.Module):
         fm = self.config.flow_matching_config
         left = fm.num_decoding_left_chunks
         if cache is not None:
-            window = left * fm.static_chunk_size if left >= 0 else None
-            key, value = cache.keys_values(self, key, value, window)
+            key, value = cache.keys_values(self, key, value, left, fm.static_chunk_size)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )

@@ -127,9 +127,12 @@ class StreamingCache:
         self.new[key] = full[..., full.shape[-1] - width :]
         return full
 
-    def keys_values(self, module: nn.Module, key: torch.Tensor, value: torch.Tensor, window: int | None = None):
+    def keys_values(
+        self, module: nn.Module, key: torch.Tensor, value: torch.Tensor, left_chunks: int = -1, chunk: int = 0
+    ):
         """(B, H, T, D) keys / values of the chunk -> those of every frame so far (earlier ones first), or with
-        ``window`` only those of the ``window`` frames before the chunk and the chunk's own (:meth:`windowed`).
+        ``left_chunks`` >= 0 those of the ``left_chunks`` chunks of ``chunk`` frames before it and its own
+        (:meth:`windowed`).
 
         Kept in buffers of room for ``reserve`` frames (the caller's expected length), that double when full (no
         copy of the whole history per chunk); a cache only reads the first ``n`` frames it recorded, so a chunk
@@ -137,8 +140,8 @@ class StreamingCache:
         empty tensor are only mapped as frames are written, while growing copies the history into pages that are
         all new at once (on a VM that page-faulting costs seconds for the GB of a long phrase's U-Net state).
         """
-        if window is not None:
-            return self.windowed(module, key, value, window)
+        if left_chunks >= 0:
+            return self.windowed(module, key, value, left_chunks, chunk)
         name = (self.scope, id(module))
         buffers, n = self.past.get(name, (None, 0))
         total = n + key.shape[-2]
@@ -154,19 +157,35 @@ class StreamingCache:
         self.new[name] = (buffers, total)
         return buffers[0][..., :total, :], buffers[1][..., :total, :]
 
-    def windowed(self, module: nn.Module, key: torch.Tensor, value: torch.Tensor, window: int):
-        """:meth:`keys_values` of a bounded context: the ``window`` frames before the chunk and the chunk's own.
+    def windowed(self, module: nn.Module, key: torch.Tensor, value: torch.Tensor, left_chunks: int, chunk: int):
+        """:meth:`keys_values` of a bounded context: the keys / values of the ``left_chunks`` chunks of ``chunk``
+        frames before this chunk, and this chunk's own (at most ``chunk`` frames, starting on a chunk boundary).
 
-        The state is the last ``window`` frames (a view of this chunk's concatenation, never written again), so it
-        stays the same size at any phrase length, and an earlier cache stays valid without bookkeeping.
+        Kept in a ring of ``left_chunks + 1`` chunk slots allocated once per stream: each chunk overwrites the slot
+        of the one that has just left the context, so the state stays the same size at any phrase length and, after
+        the first ``left_chunks + 1`` chunks, no chunk writes to memory it has not touched before (first touches
+        cost most of a streamed chunk's copies on a CPU). The slots are not in time order once the ring wraps; the
+        attention this serves has no positions, so only the order of its sums changes (float roundoff). An earlier
+        cache stays valid: a chunk overwrites only the slot that cache no longer sees.
         """
-        name = (self.scope, id(module), "window")
-        past = self.past.get(name)
-        if past is not None:
-            key, value = torch.cat([past[0], key], dim=-2), torch.cat([past[1], value], dim=-2)
-        keep = max(0, key.shape[-2] - window)
-        self.new[name] = (key[..., keep:, :], value[..., keep:, :])
-        return key, value
+        name = (self.scope, id(module), "ring")
+        ring, written = self.past.get(name, (None, 0))
+        new, room = key.shape[-2], (left_chunks + 1) * chunk
+        if new > chunk or written % chunk:
+            raise ValueError(f"a bounded-context chunk must be at most {chunk} frames on a chunk boundary")
+        if ring is None:
+            bsz, heads, _, dim = key.shape
+            ring = tuple(key.new_empty(bsz, heads, room, dim) for _ in range(2))
+        at = written % room
+        ring[0][..., at : at + new, :] = key
+        ring[1][..., at : at + new, :] = value
+        self.new[name] = (ring, written + new)
+        if written + new <= room:  # not wrapped yet: the first frames
+            return ring[0][..., : written + new, :], ring[1][..., : written + new, :]
+        if new == chunk:
+            return ring
+        # a short last chunk in a wrapped ring: every slot but the rest of its own
+        return tuple(torch.cat([r[..., : at + new, :], r[..., at + chunk :, :]], dim=-2) for r in ring)
 
 
 def eager_attention_forward(
