@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 import torch
+from transformers import AutoModelForAudioTokenization
 
 from transformers_baichuan_audio.configuration import BaichuanAudioTokenizerConfig
-from transformers_baichuan_audio.modeling.audio_tokenizer import BaichuanAudioTokenizerModel
 from transformers_baichuan_audio.processing.feature_extraction import BaichuanAudioFeatureExtractor
 
 SMALL = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 160}
@@ -51,7 +51,7 @@ def main() -> None:
     dtype = getattr(torch, dtype_name)
     config = BaichuanAudioTokenizerConfig(**(SMALL if size == "small" else {}))
     torch.manual_seed(0)
-    model = BaichuanAudioTokenizerModel._from_config(config, attn_implementation=args.attn, dtype=dtype)
+    model = AutoModelForAudioTokenization.from_config(config, attn_implementation=args.attn, dtype=dtype)
     model = model.to(args.device).eval()
     for stage in model.quantizer.codebooks:  # keep the codebooks in fp32, as from_pretrained does
         stage.embed.data = stage.embed.data.float()

@@ -76,10 +76,9 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import CompileConfig
+from transformers import AutoModelForCausalLM, CompileConfig
 
 from transformers_baichuan_audio.configuration import BaichuanAudioConfig
-from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
 from transformers_baichuan_audio.modeling.decode_layout import blocked_linear, remove_decode_layout
 from transformers_baichuan_audio.modeling.streamer import BaichuanAudioStreamer
 from transformers_baichuan_audio.tiny_random import restrict_text_head, tiny_tokenizer
@@ -99,8 +98,6 @@ QWEN25_05B = {
     "use_sliding_window": False,
 }
 
-SpeechModel = BaichuanAudioForConditionalGeneration
-
 
 def build_config(size: str) -> BaichuanAudioConfig:
     if size == "small":
@@ -116,7 +113,7 @@ def build_config(size: str) -> BaichuanAudioConfig:
 
 def build_model(config: BaichuanAudioConfig, dtype: torch.dtype, device: str):
     with torch.device(device):
-        model = SpeechModel._from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     if getattr(model, "code2wav", None) is not None:
         model.code2wav.float()

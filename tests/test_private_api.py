@@ -1,7 +1,8 @@
 """The package uses no private (underscore) names of the libraries it plugs into.
 
 A plugin that reaches into transformers / trl / peft / gradio internals breaks on their next release (and then has
-to cap their versions). Every source file under ``src/`` is parsed and three kinds of use are checked:
+to cap their versions). Every source file under ``src/`` (and the scripts under ``benchmarks/``, ``examples/`` and
+``spaces/``) is parsed and three kinds of use are checked:
 
 * imports: ``from transformers.x import _name``, ``import torch._dynamo``, ``from transformers._x import y``;
 * attribute chains rooted at an imported library name: ``torch._weight_norm``, ``transformers.utils._x``;
@@ -82,7 +83,7 @@ def private_uses(path: Path, tree: ast.AST, own_names: set[str]) -> list[str]:
     """``"file:line what"`` for every private library name ``tree`` uses."""
     found: list[str] = []
     libs: dict[str, str] = {}  # local name -> library it is bound to
-    where = f"{path.relative_to(SRC.parent)}"
+    where = f"{path.relative_to(SRC.parent.parent)}"
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -129,6 +130,17 @@ def test_no_private_library_names_in_src():
             uses = [u for u in uses if "torch" not in u.split(" ", 1)[1]]
         offences += uses
     assert not offences, "private library names used in src/ (use public API):\n" + "\n".join(offences)
+
+
+def test_no_private_library_names_in_the_shipped_scripts():
+    """The benchmarks, examples and the Space run against the same libraries (and are what users copy): the same
+    rules, with the package's own names allowed (the scripts call into it), no torch-private exception."""
+    root = SRC.parent.parent
+    scripts = sorted(path for folder in ("benchmarks", "examples", "spaces") for path in (root / folder).rglob("*.py"))
+    assert any(path.name == "bench_generation.py" for path in scripts)
+    uses = scan(sorted(SRC.rglob("*.py")) + scripts)
+    offences = [use for path in scripts for use in uses[path]]
+    assert not offences, "private library names used in the scripts (use public API):\n" + "\n".join(offences)
 
 
 @pytest.mark.parametrize(
