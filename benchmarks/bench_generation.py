@@ -17,12 +17,13 @@ Measured (``--dtype`` fp32 / bf16 for the LLM and the audio head; code2wav runs 
 * bytes of weights read per audio frame (LLM layers + the audio head's 8 incremental positions + 8 embedding rows;
   the text LM head is not run on audio steps) / time per frame, next to the measured bandwidth (the roofline);
 * time to first audio chunk: from the ``generate`` call to the first waveform chunk out of the streamer (code2wav
-  streaming decoder in the consuming thread), next to the bound ``25 frames x time per frame + one chunk decode``;
+  streaming decoder on the generation thread, ``decode_priority="inline"``, as the chat engine's default), next to
+  the bound ``25 frames x time per frame + one chunk decode``;
 * ``--turn`` (``--turn-only``: nothing else): time to first audio of a whole speech-chat turn (issue 18), through
   the chat engine itself (:meth:`transformers_baichuan_audio.chat.SpeechChat.stream_turn`, as the demo and
   ``baichuan-audio chat`` run it): a synthetic 16 kHz user clip (``--clip-seconds``) in hand -> input checks, feature
   extraction and chat template -> the audio tokenizer (real size) -> LLM prefill -> a text phrase -> ``<audiogen_start>``
-  -> audio frames -> the code2wav streaming decoder (in the consuming thread, concurrent with generation) -> the first
+  -> audio frames -> the code2wav streaming decoder (``--turn-decode-priorities``, default ``inline``) -> the first
   waveform samples handed to the listener. Reported per stage (see :func:`bench_turn`), for the default chunk
   schedule (first chunk after 25 frames) and for a provisional first chunk (``--first-chunk-frames``), eager and,
   with ``--compile``, with the compiled decode steps (eager first in the same process; the compilation happens in a
@@ -79,6 +80,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, CompileConfig
 
 from transformers_baichuan_audio.configuration import BaichuanAudioConfig
+from transformers_baichuan_audio.cpu_threads import release_openmp_workers
 from transformers_baichuan_audio.modeling.decode_layout import blocked_linear, remove_decode_layout
 from transformers_baichuan_audio.modeling.streamer import BaichuanAudioStreamer
 from transformers_baichuan_audio.tiny_random import restrict_text_head, tiny_tokenizer
@@ -272,7 +274,9 @@ def bench_first_audio(model, config, device, prompt_len, frames) -> dict:
     if getattr(model, "code2wav", None) is None:
         return {}
     ids = prompt_ids(config, prompt_len, device, audiogen=True)
-    streamer = BaichuanAudioStreamer(code2wav=model.code2wav, timeout=3600)
+    # as SpeechChat's turns: code2wav on the generation thread, this thread's OpenMP workers let go (cpu_threads)
+    streamer = BaichuanAudioStreamer(code2wav=model.code2wav, timeout=3600, decode_priority="inline")
+    release_openmp_workers()
     result: dict = {}
     t0 = time.perf_counter()
 
