@@ -97,26 +97,25 @@ def load_model_and_processor(
     return model.to(device).eval(), processor
 
 
-def positive_int(value: str) -> int:
-    """argparse type: an integer > 0 (``--max-new-tokens 0`` is refused like transformers refuses it)."""
+def _int_at_least(value: str, minimum: int, requirement: str) -> int:
+    """argparse conversion of an integer >= ``minimum``; ``requirement`` words the error."""
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {number}")
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"must be {requirement}, got {number}")
     return number
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer > 0 (``--max-new-tokens 0`` is refused like transformers refuses it)."""
+    return _int_at_least(value, 1, "greater than 0")
 
 
 def left_chunks_count(value: str) -> int:
     """argparse type of ``--decoding-left-chunks``: -1 (every earlier chunk) or an integer >= 0."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if number < -1:
-        raise argparse.ArgumentTypeError(f"must be -1 (every earlier chunk) or >= 0, got {number}")
-    return number
+    return _int_at_least(value, -1, "-1 (every earlier chunk) or >= 0")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
