@@ -98,9 +98,11 @@ def test_upload_send_text_and_audio_arrive(served_demo, tmp_path):
         audio_bytes = page.request.get(href).body()
         duration = None
         if served_demo.streamed:  # the <audio> element plays the stream: decodable media of positive duration
+            # (its duration grows as the streamed media is buffered: wait until it covers more than 1 s; measured
+            # once at 0.98 s when read at the first metadata)
             page.wait_for_function(
                 "() => { const a = document.querySelector('#answer_audio audio');"
-                " return a && a.src && a.readyState >= 1 && a.duration > 0 }",
+                " return a && a.src && a.readyState >= 1 && a.duration > 1.0 }",
                 timeout=60_000,
             )
             duration = page.evaluate("() => document.querySelector('#answer_audio audio').duration")
