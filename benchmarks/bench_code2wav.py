@@ -14,7 +14,10 @@ Paths compared in the same run (``--paths``, alternating, best of ``--repeats``;
 * ``masked``: the U-Net attention masked over every frame pair (the path before issue 24; padded batches use it);
 * ``exact`` (default): a single segment applies the static chunk mask chunk by chunk (same numbers up to roundoff);
 * ``bf16``: ``flow_matching_config.compute_dtype="bfloat16"`` (U-Net under autocast; the fast path, not
-  parity-exact: its mel and waveform error against ``exact`` are reported).
+  parity-exact: its mel and waveform error against ``exact`` are reported);
+* ``compiled`` (opt-in): ``compile_estimator()`` (``torch.compile`` of the U-Net, dynamic shapes, one graph at any
+  length; the traced U-Net uses the masked attention): its compile time (the first decode), speed and mel error
+  against ``exact``.
 
 The roofline: the decode's floating-point work (``torch.utils.flop_counter``: matmuls and convolutions; attention
 is counted from its shapes) divided by the time, as a fraction of the fp32 (and bf16) GEMM rate of a large square
@@ -74,24 +77,34 @@ def decode_flops(model, codes) -> float:
     return float(counter.get_total_flops())
 
 
-def set_path(model, path: str) -> None:
+def set_path(model, path: str, compiled=None) -> None:
     model.estimator.chunked_attention = path != "masked"
     model.config.flow_matching_config.compute_dtype = "bfloat16" if path == "bf16" else None
+    model.compiled_estimator = compiled if path == "compiled" else None
 
 
 def compare_paths(model, codes, device, paths, repeats, steps) -> dict:
-    """Alternate the paths ``repeats`` times; best time of each, and the bf16 error against the exact path."""
+    """Alternate the paths ``repeats`` times; best time of each, and the bf16 / compiled error against exact."""
     times = {p: [] for p in paths}
     outputs = {}
+    result, compiled = {}, None
+    if "compiled" in paths:
+        compiled = model.compile_estimator()
+        _, first = _timed(lambda: model.decode(codes, num_steps=steps), device)
+        result["compiled_first_decode_seconds"] = round(first, 2)
     for _ in range(repeats):
         for path in paths:
-            set_path(model, path)
+            set_path(model, path, compiled)
             gen = torch.Generator(device).manual_seed(0)  # same CFM noise and NSF draws on every path
             out, t = _timed(lambda g=gen: model.decode(codes, num_steps=steps, generator=g), device)
             times[path].append(t)
             outputs[path] = out
     set_path(model, "exact")
-    result = {f"{p}_decode_seconds": round(min(v), 4) for p, v in times.items()}
+    result.update({f"{p}_decode_seconds": round(min(v), 4) for p, v in times.items()})
+    if "compiled" in paths and "exact" in paths:
+        result["compiled_speedup_vs_exact"] = round(min(times["exact"]) / min(times["compiled"]), 3)
+        mel_error = (outputs["compiled"].mel[0] - outputs["exact"].mel[0]).abs().max()
+        result["compiled_vs_exact_max_abs_mel"] = float(mel_error)
     if "masked" in paths and "exact" in paths:
         result["exact_speedup_vs_masked"] = round(min(times["masked"]) / min(times["exact"]), 3)
         result["masked_vs_exact_max_abs_mel"] = float((outputs["masked"].mel[0] - outputs["exact"].mel[0]).abs().max())
@@ -123,7 +136,7 @@ def main() -> None:
         "--paths",
         nargs="*",
         default=["masked", "exact", "bf16"],
-        choices=["masked", "exact", "bf16"],
+        choices=["masked", "exact", "bf16", "compiled"],
         help="decode paths compared in the same run (see the module docstring)",
     )
     args = parser.parse_args()

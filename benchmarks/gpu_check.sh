@@ -3,7 +3,8 @@
 # speech-generation benchmark eager and compiled (CUDA graphs), code2wav and audio-tokenizer benchmarks at real size,
 # and the real-size VRAM / quantised / offloaded loads. Not a test.
 #
-#   benchmarks/gpu_check.sh [STAGE ...]      stages: env tests eager compiled code2wav tokenizer big (default: all)
+#   benchmarks/gpu_check.sh [STAGE ...]      stages: env tests eager compiled code2wav tokenizer big (default: these),
+#                                            code2wav_compiled (only when named)
 #
 # Every stage has its own time limit and the whole run a budget (GPU_CHECK_BUDGET_S, default 540 s): a stage gets
 # what is left, at most its limit, and is skipped when less than 20 s is left. Logs go to $OUT (default
@@ -83,6 +84,10 @@ import transformers_baichuan_audio; print(\"package imports\")'"
     code2wav)
         stage code2wav 45 "$PY" benchmarks/bench_code2wav.py --device cuda --size real
         ;;
+    code2wav_compiled)  # not in the default list: compile_estimator() (inductor, dynamic shapes) against exact / bf16
+        stage code2wav_compiled 120 "$PY" benchmarks/bench_code2wav.py --device cuda --size real --seconds 3.2 \
+            --no-stream --paths exact bf16 compiled
+        ;;
     tokenizer)
         stage tokenizer 45 "$PY" benchmarks/bench_audio_tokenizer.py --device cuda --size real --dtype bfloat16
         ;;
@@ -90,7 +95,7 @@ import transformers_baichuan_audio; print(\"package imports\")'"
         stage big 150 "$PY" benchmarks/bench_big_model.py --modes bf16 4bit offload --frames 50
         ;;
     *)
-        echo "$s: unknown stage (env tests eager compiled code2wav tokenizer big)" | tee -a "$SUMMARY"
+        echo "$s: unknown stage (env tests eager compiled code2wav code2wav_compiled tokenizer big)" | tee -a "$SUMMARY"
         ;;
     esac
 done

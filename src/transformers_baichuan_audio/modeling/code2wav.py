@@ -300,6 +300,9 @@ class BaichuanAudioCode2Wav(BaichuanAudioCode2WavPreTrainedModel):
         self.prenet = BaichuanAudioFlowPrenet(config)
         self.estimator = BaichuanAudioFlowEstimator(config)
         self.vocoder = BaichuanAudioHiFTVocoder(config.vocoder_config)
+        #: The U-Net the one-shot decode calls instead of ``estimator`` (:meth:`compile_estimator`); None: eager.
+        self.compiled_estimator: Callable | None = None
+        self.estimator_pad_to_multiple_of: int | None = None
         self.post_init()
         # fp32 also when built under a bf16 default dtype (``from_pretrained(dtype=...)`` builds on the meta device):
         # the weights that ``device_map`` offloads to disk keep the dtype of this meta instance (they are not cast
@@ -336,6 +339,31 @@ class BaichuanAudioCode2Wav(BaichuanAudioCode2WavPreTrainedModel):
                 )
             out.append(codes.to(self.device, torch.long))
         return out
+
+    # ------------------------------------------------------------------------------------------------ compiling
+    def compile_estimator(self, pad_to_multiple_of: int | None = None, **compile_kwargs) -> Callable:
+        """Compile the flow-matching U-Net of the one-shot :meth:`decode` with ``torch.compile``; returns the compiled
+        callable (also kept as :attr:`compiled_estimator`; set that to None to go back to eager).
+
+        Traced, the U-Net applies its static chunk mask as a masked attention (the path padded batches take), with no
+        data-dependent branch, so one graph serves every phrase length: ``dynamic=True`` and ``fullgraph=True`` by
+        default; any other ``torch.compile`` argument is passed through (e.g. ``mode="reduce-overhead"``: CUDA
+        graphs). The mel equals the eager decode's up to roundoff (same attention sets; the eager single segment
+        applies the mask chunk by chunk). ``pad_to_multiple_of``: pad the mel frames of each decode to a multiple of
+        this number (masked frames after the phrase, which the causal U-Net never lets reach the phrase's frames), so
+        that a shape-specialised backend sees one shape per bucket. Compiling costs minutes at the released size on
+        a CPU, and on a CPU the compiled U-Net is not faster (``benchmarks/bench_code2wav.py --paths compiled``); it
+        is meant for GPUs. The streaming decoder keeps the eager U-Net (its per-chunk state is Python objects).
+        """
+        if pad_to_multiple_of is not None and (
+            isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1
+        ):
+            raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}")
+        self.compiled_estimator = torch.compile(
+            self.estimator.forward, **{"dynamic": True, "fullgraph": True, **compile_kwargs}
+        )
+        self.estimator_pad_to_multiple_of = pad_to_multiple_of
+        return self.compiled_estimator
 
     # ------------------------------------------------------------------------------------------------ stages
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
@@ -391,18 +419,23 @@ class BaichuanAudioCode2Wav(BaichuanAudioCode2WavPreTrainedModel):
             raise ValueError(
                 f"noise must have shape {tuple(mu.shape)} (batch, n_mels, frames), got {tuple(noise.shape)}"
             )
+        noise = noise.to(mu.device, mu.dtype)
+        estimator, pad = self.estimator, 0
+        if self.compiled_estimator is not None:
+            estimator = self.compiled_estimator
+            pad = -total % (self.estimator_pad_to_multiple_of or 1)
         with self.estimator.compute_context(mu.device):
             mel = euler_cfm_sample(
-                self.estimator,
-                noise.to(mu.device, mu.dtype),
-                mu,
-                mask,
+                estimator,
+                F.pad(noise, (0, pad)),
+                F.pad(mu, (0, pad)),
+                F.pad(mask, (0, pad)),
                 num_steps or self.config.flow_matching_config.diffusion_steps,
                 self.config.flow_matching_config.inference_cfg_rate,
                 self.config.flow_matching_config.t_scheduler,
                 callback=callback,
             )
-        return mel * mask, out_lengths
+        return mel[..., :total] * mask, out_lengths
 
     def vocode(self, mel: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """HiFT: mel (B, n_mels, T) -> (waveform (B, T * hop), f0 (B, T), NSF excitation (B, T * hop)).

@@ -424,7 +424,8 @@ class BaichuanAudioFlowEstimator(nn.Module):
         """:meth:`forward` in the weights' dtype (or under the caller's autocast)."""
         chunk = self.chunk_size
         # Every frame valid (a single segment, the default batch-invariant decode): no attention mask at all.
-        dense = self.chunked_attention and cache is None and bool(mask.min() > 0)
+        # (Under ``torch.compile`` the masked attention instead: one graph at any length, no data-dependent branch.)
+        dense = self.chunked_attention and cache is None and not torch.compiler.is_compiling() and bool(mask.min() > 0)
         time_emb = self.time_mlp(timestep_embedding(t, self.time_in_dim).to(x.dtype))
         x = torch.cat([x, mu], dim=1)
         mask = mask.to(x.dtype)
@@ -484,7 +485,7 @@ def euler_cfm_sample(
     """
     t_span = flow_time_grid(num_steps, scheduler, device=mu.device, dtype=mu.dtype)
     x = noise
-    t, dt = t_span[0], t_span[1] - t_span[0]
+    t, dt = t_span[0].clone(), t_span[1] - t_span[0]  # t not a view: a compiled estimator sees one kind of t
     zeros = torch.zeros_like(mu)
     for step in range(1, len(t_span)):
         v_uncond = None

@@ -87,7 +87,8 @@ def build_attention_mask(
         mask = torch.arange(past_length + seq_len, device=device)[None, :] <= pos[:, None] + past_length
     if mask is not None:
         mask = mask[None, None]
-    if valid is not None and not bool(valid.all()):
+    # Traced by torch.compile: the key mask always (no data-dependent branch).
+    if valid is not None and (torch.compiler.is_compiling() or not bool(valid.all())):
         key_mask = valid[:, None, None, :]
         mask = key_mask if mask is None else (mask & key_mask)
     return mask
