@@ -11,7 +11,7 @@ reported. Per phrase:
 
 * ``chunk_seconds``: compute seconds of each returned chunk; ``last_over_first_chunk`` (1.0 = flat cost per chunk,
   the target is <= 1.2 at 32 s), ``max_over_first_chunk`` and ``last_over_second_chunk`` (the first chunk vocodes
-  69 mel frames with no left context, the later ones 100 with context on both sides: from the second on, every
+  80 mel frames with no left context, the later ones 100 with context on both sides: from the second on, every
   chunk does the same work);
 * ``first_chunk_seconds`` / ``first_chunk_after_frames`` / ``first_chunk_audio_seconds``: first-chunk latency,
   compute only (in a live stream add the time to generate ``first_chunk_after_frames`` frames);

@@ -70,12 +70,13 @@ def test_first_audio_arrives_while_the_answer_is_generated(tiny, first_chunk_fra
     assert len(phrases) == 2
     assert streamed.numel() == sum((4 * n - 1) * 480 for n in phrases) - 240
     first = next(e.audio for e in events if e.kind == "audio")
-    # the first chunk: (4 * frames - 31) mel frames of 480 samples, less the 240 held back for a cross-fade
-    assert first.numel() == (4 * expected_frames - 31) * 480 - 240
+    # the first chunk: (4 * frames - 20) mel frames of 480 samples (20: the streaming decoder's lookahead, the
+    # vocoder's receptive field 15 + 5 F0 convs), less the 240 held back for a cross-fade
+    assert first.numel() == (4 * expected_frames - 20) * 480 - 240
 
 
 def test_schedule_is_checked_up_front(tiny):
-    with pytest.raises(ValueError, match="first_chunk_frames must be an int >= 8"):
+    with pytest.raises(ValueError, match="first_chunk_frames must be an int >= 6"):
         SpeechChat(*tiny, GREEDY, first_chunk_frames=5)
 
 
@@ -92,7 +93,7 @@ def test_cli_chat_stream_chunks(tiny, tmp_path, capsys, monkeypatch):
     pieces = [sf.read(f, dtype="int16")[0] for f in files]
     whole, rate = sf.read(out, dtype="int16")
     assert rate == 24000 and np.array_equal(np.concatenate(pieces), whole)
-    with pytest.raises(SystemExit, match="--first-chunk-frames: first_chunk_frames must be an int >= 8"):
+    with pytest.raises(SystemExit, match="--first-chunk-frames: first_chunk_frames must be an int >= 6"):
         cli.main([*args, "--first-chunk-frames", "5"])
 
 

@@ -108,7 +108,7 @@ def test_left_chunks_covering_the_phrase_is_the_default(tiny_model, phrase, left
 )
 def test_stream_equals_one_shot_with_bounded_state(tiny_model, phrase, left_chunks, left, frames, first):
     """Also the two paths that recompute from an earlier cache: a phrase ending exactly on a chunk boundary (its
-    last chunk decoded again as the end) and a provisional first chunk (its 4 * 10 - 31 = 9 vocoded mel frames are
+    last chunk decoded again as the end) and a provisional first chunk (its 4 * 10 - 20 = 20 vocoded mel frames are
     the provisional ones; every later frame must be the one-shot's)."""
     codes, noise, draws = phrase
     codes = codes[:frames]
@@ -129,7 +129,7 @@ def test_stream_equals_one_shot_with_bounded_state(tiny_model, phrase, left_chun
     # one ring of n + 1 chunks (100 mel frames each) per attention layer and Euler step, allocated once
     assert len(rings) > 2 * 25 and all(r == rings[0] for r in rings)
     assert {room for _, room in rings[0].values()} == {100 * (left + 1)}
-    exact_from = 0 if first is None else 4 * first - 31
+    exact_from = 0 if first is None else 4 * first - stream.lookahead_frames
     assert (stream.mel[0][..., exact_from:] - one_shot.mel[0][..., exact_from:]).abs().max() <= MEL_TOL
     wave = torch.cat(chunks)
     assert wave.numel() == one_shot.audio_values[0].numel()

@@ -370,8 +370,9 @@ def tiny_phrase(tiny_model):
 def test_chunk_schedule(tiny_model, tiny_phrase, incremental, first, later, returns_at):
     """Chunks come exactly at the scheduled frame counts, nothing is inserted (the stream's length is the one-shot
     decode's), and only a provisional first chunk changes the mel (its frames already vocoded); every later mel frame
-    is the default stream's, bit for bit. Samples: a chunk ends ``lookahead_frames`` (31) mel frames before the mel
-    decoded so far (the vocoder's right context)."""
+    is the default stream's, bit for bit. Samples: a chunk ends ``lookahead_frames`` (20: the vocoder's receptive
+    field, 15, tests/test_vocoder_receptive_field.py, + 5 F0-predictor convs) mel frames before the mel decoded so far
+    (the vocoder's right context)."""
     codes, noise, draws, one_shot, defaults = tiny_phrase
     default, default_chunks = defaults[incremental]
     stream = tiny_model.streaming_decoder(
@@ -387,7 +388,8 @@ def test_chunk_schedule(tiny_model, tiny_phrase, incremental, first, later, retu
     assert [i + 1 for i, c in enumerate(chunks[:-1]) if c.numel()] == returns_at
     assert sum(c.numel() for c in chunks) == one_shot.audio_values[0].numel() == (4 * 124 - 1) * 480
     hop, lookahead = stream.hop, stream.lookahead_frames
-    assert lookahead == 31 and stream.min_first_chunk_frames == 8
+    assert lookahead == tiny_model.vocoder.receptive_field_frames() + 5 == 20
+    assert stream.min_first_chunk_frames == 20 // 4 + 1
     assert chunks[returns_at[0] - 1].numel() == (4 * first - lookahead) * hop
     emitted = chunks[first - 1].numel() // hop if first < 25 else 0
     assert torch.equal(stream.mel[..., emitted:], default.mel[..., emitted:])
@@ -398,7 +400,7 @@ def test_chunk_schedule(tiny_model, tiny_phrase, incremental, first, later, retu
 
 
 def test_chunk_schedule_errors(tiny_model):
-    for kwargs in ({"first_chunk_frames": 7}, {"first_chunk_frames": 30}, {"first_chunk_frames": True}):
+    for kwargs in ({"first_chunk_frames": 5}, {"first_chunk_frames": 30}, {"first_chunk_frames": True}):
         with pytest.raises(ValueError, match="first_chunk_frames"):
             tiny_model.streaming_decoder(**kwargs)
     for later in (0, 30, 12.5):

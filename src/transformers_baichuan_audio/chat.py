@@ -13,8 +13,8 @@ Audio streaming. Speech is decoded phrase by phrase with the code2wav streaming 
 all of a turn's tensor work runs on one thread, see ``decode_priority``) and every chunk it returns is yielded at
 once. Chunk schedule (``first_chunk_frames`` / ``chunk_frames``, see ``modeling/code2wav_streaming.py``): by
 default a chunk per 25 code frames (2 s of speech: the U-Net's attention chunk, the earliest exact one; the first
-chunk holds 69 mel frames = 1.38 s, the vocoder's 31-frame lookahead waits for the next); ``first_chunk_frames``
-8..24 gives a provisional first chunk after that many frames.
+chunk holds 80 mel frames = 1.6 s, the vocoder's 20-frame lookahead waits for the next); ``first_chunk_frames``
+6..24 gives a provisional first chunk after that many frames.
 Within a phrase the chunks concatenate to exactly the phrase's length (``(4 * frames - 1) * 480`` samples, as the
 one-shot decode; no cross-fade, the vocoder windows overlap by its receptive field only). Phrases are joined with the
 same 240-sample overlapping cross-fade as ``model.decode_audio_segments`` (no sample added: the answer has the sum

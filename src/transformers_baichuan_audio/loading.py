@@ -137,7 +137,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--first-chunk-frames",
         type=positive_int,
         help="streamed speech: code frames before a phrase's first audio chunk (default 25, the first exact chunk; "
-        "8..24: a provisional, approximate first chunk, sooner)",
+        "6..24: a provisional, approximate first chunk, sooner)",
     )
     parser.add_argument(
         "--decoding-left-chunks",

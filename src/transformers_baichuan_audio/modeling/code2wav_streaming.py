@@ -13,7 +13,8 @@ What is exact and what is not:
 * vocoder: not causal (about ``receptive_field_frames`` mel frames each side) and its NSF phase is a running sum
   over all samples. The stream carries the phase sum exactly and re-runs the vocoder on windows with that much
   context on both sides, so the concatenated chunks equal the one-shot waveform up to float roundoff (no
-  cross-fade is needed); the price is a lookahead of ``receptive_field_frames`` + 5 (F0 predictor) mel frames.
+  cross-fade is needed); the price is a lookahead of ``receptive_field_frames`` (exact, from the layers: 15 for the
+  released vocoder) + 5 (F0 predictor) mel frames.
 * when a chunk is decoded: the first U-Net chunk as soon as its 25th frame arrives (the first sound first), every
   later one when the frame after it arrives (80 ms of speech later), i.e. knowing whether the phrase goes on (if it
   does, the chunk's last mel frame exists: the transposed conv's bias-only frame, inside the chunk's attention; if
@@ -48,23 +49,25 @@ Two paths (``incremental=``):
 
 Chunk schedule (``first_chunk_frames``, ``chunk_frames``; the total length is always the one-shot decode's,
 ``(4 * frames - 1) * 480`` samples: nothing is inserted, and no cross-fade is needed inside a phrase since the vocoder
-windows overlap by exactly its receptive field, ``lookahead_frames`` = 26 + 5 mel frames):
+windows overlap by exactly its receptive field, ``lookahead_frames`` = 15 + 5 mel frames):
 
 * default: a chunk per U-Net chunk, the first when its 25th code frame arrives (the earliest its mel is exact),
-  each later one when the frame after its 25th arrives (see above). The first chunk holds 100 - 31 = 69 mel frames
-  (1.38 s), each later one 100 (2 s), the rest comes at :meth:`finish`;
+  each later one when the frame after its 25th arrives (see above). The first chunk holds 100 - 20 = 80 mel frames
+  (1.6 s), each later one 100 (2 s), the rest comes at :meth:`finish`;
 * ``chunk_frames`` (a multiple of 25): later chunks when the phrase reaches one frame past a multiple of it (fewer,
   larger vocoder windows; the mel is still computed per U-Net chunk as soon as it is complete, so the samples are the default's up
   to roundoff);
-* ``first_chunk_frames`` < 25 (at least ``min_first_chunk_frames`` = 8, the first with a sample past the lookahead):
-  a provisional first chunk, decoded as if the U-Net chunk ended there (its ``4 n - 31`` mel frames are vocoded and
+* ``first_chunk_frames`` < 25 (at least ``min_first_chunk_frames`` = 6, the first with a sample past the lookahead):
+  a provisional first chunk, decoded as if the U-Net chunk ended there (its ``4 n - 20`` mel frames are vocoded and
   kept; the causal state is not), then the regular schedule. Only the provisional frames differ from the default
   stream; every later mel frame is the default's bit for bit (the state comes from the exact first chunk). Measured
-  on tiny-a (original weights, 2 Euler steps): mel error of the provisional frames 0.70 / 0.71 / 0.57 / 0.62 / 0.57
-  for 8 / 10 / 12 / 16 / 20 frames (|mel| max 5.49; the default first chunk's running-statistics error is 0.13).
+  on tiny-a (original weights, 2 Euler steps, a 60-frame random phrase, |mel| max 5.15): max mel error of the
+  vocoded provisional frames against the default stream 0.79 / 0.84 / 0.73 / 0.65 / 0.42 / 0.31 for 6 / 8 / 10 /
+  12 / 16 / 20 frames (earlier, on another phrase and with the former 31-frame lookahead: 0.70 / 0.71 / 0.57 / 0.62
+  / 0.57 for 8 ... 20 frames; the default first chunk's running-statistics error is 0.13).
   The waveform after it is not sample-comparable (the NSF phase is a running sum of f0 from the start).
-  Default off: an earlier first sound (after 8 frames = 0.64 s of generated speech instead of 2 s) for approximate
-  provisional frames (0.02 s of sound at 8 frames, 1.3 s at 24).
+  Default off: an earlier first sound (after 6 frames = 0.48 s of generated speech instead of 2 s) for approximate
+  provisional frames (0.08 s of sound at 6 frames, 1.52 s at 24).
 
 Measured on the tiny-a fixture (10 s, tests/test_code2wav_streaming.py), reference path: with the phrase statistics
 the mel equals the one-shot mel to 3e-6 and the windowed vocoder adds 4e-5; with running statistics the mel differs
@@ -113,7 +116,7 @@ class BaichuanAudioStreamingDecoder:
             the model allows it (:meth:`supports_incremental`).
         first_chunk_frames: code frames after which the first waveform chunk is returned (the chunk schedule, see
             the module docstring). None (default): :attr:`frames_per_chunk` (25), the first exact chunk. Smaller
-            (at least :attr:`min_first_chunk_frames`, 8): a provisional first chunk, decoded as if the U-Net chunk
+            (at least :attr:`min_first_chunk_frames`, 6): a provisional first chunk, decoded as if the U-Net chunk
             ended there. Larger: a multiple of :attr:`frames_per_chunk`.
         chunk_frames: code frames per later chunk: a multiple of :attr:`frames_per_chunk` (default: one), the later
             chunks are returned when the phrase reaches one frame past a multiple of it.
@@ -207,13 +210,13 @@ class BaichuanAudioStreamingDecoder:
 
     @property
     def min_first_chunk_frames(self) -> int:
-        """Fewest code frames whose mel gives any sample: more mel frames than the vocoder's lookahead (8)."""
+        """Fewest code frames whose mel gives any sample: more mel frames than the vocoder's lookahead (6)."""
         return (self.voc_radius + self.f0_radius) // self.stride + 1
 
     @property
     def lookahead_frames(self) -> int:
         """Mel frames at the end of the decoded mel that wait for the next chunk (the vocoder's and F0 predictor's
-        right context: 31 = 0.62 s at 24 kHz / 480)."""
+        right context: 20 = 0.4 s at 24 kHz / 480 for the released vocoder)."""
         return self.voc_radius + self.f0_radius
 
     def _noise(self, total: int) -> torch.Tensor:

@@ -277,20 +277,60 @@ class BaichuanAudioHiFTVocoder(nn.Module):
         return self.decode(mel, source), f0, source
 
     def receptive_field_frames(self) -> int:
-        """Mel frames of context on each side that an output sample can depend on (a safe upper bound)."""
-        cfg = self.config
-        frames = 3.0  # conv_pre
-        rate = 1
-        for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
-            rate *= u
-            frames += k / rate  # transposed conv reach, generous
+        """Mel frames of context on each side that the samples of a mel frame depend on in :meth:`decode` (through
+        the mel or the excitation): :meth:`reach_frames` rounded up. A window of the mel (and excitation) with this
+        many frames beyond both ends of a span gives that span's samples as the whole input does (up to roundoff)."""
+        return math.ceil(max(self.reach_frames()))
+
+    def reach_frames(self) -> tuple[float, float]:
+        """(left, right): how far, in mel frames, an output sample of :meth:`decode` depends on its inputs, the
+        larger of its reach into the mel and into the excitation; exact, from the layers' kernels, strides, dilations
+        and paddings (each layer maps an output position to an interval of input positions, and the intervals of a
+        chain add up)."""
+        rates = [1]  # samples per mel frame after conv_pre and after each upsampling
+        for up in self.ups:
+            rates.append(rates[-1] * up.stride[0])
+        sample_rate = rates[-1] * self.hop
+        # the tail: conv_post on the last rate, then the iSTFT (centred: output sample n gets frames k with
+        # k * hop - n_fft // 2 <= n < k * hop - n_fft // 2 + n_fft)
+        post = _conv_reach(self.conv_post, rates[-1])
+        istft = ((self.n_fft - self.n_fft // 2 - 1) / sample_rate, (self.n_fft // 2) / sample_rate)
+        after = _add(post, istft)  # reach of the output into the output of the current stage
+        through_mel, through_source = None, []
+        for i in reversed(range(len(self.ups))):
+            rate = rates[i + 1]
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            frames += max(b.receptive_radius() for b in blocks) / rate
-            frames += self.source_resblocks[i].receptive_radius() / rate
-            frames += self.source_downs[i].kernel_size[0] / rate
-        frames += 4 / rate  # conv_post + reflection pad
-        frames += (self.n_fft + self.hop) / (rate * self.hop)  # source STFT / iSTFT windows
-        return int(math.ceil(frames)) + 1
+            after = _add(after, tuple(max(side) for side in zip(*(_resblock_reach(b, rate) for b in blocks))))
+            # the source branch joins here: source STFT (centred, frames at the last rate), downsampling, resblock
+            stft = ((self.n_fft // 2) / sample_rate, (self.n_fft - self.n_fft // 2 - 1) / sample_rate)
+            source = _add(stft, _conv_reach(self.source_downs[i], rates[-1]))
+            through_source.append(_add(after, _add(source, _resblock_reach(self.source_resblocks[i], rate))))
+            up = self.ups[i]  # transposed conv: output j gets inputs i with j + p - k + 1 <= stride * i <= j + p
+            k, p = up.kernel_size[0], up.padding[0]
+            after = _add(after, ((k - 1 - p) / rate, p / rate))
+            if i == len(self.ups) - 1:  # the reflection pad (1, 0): output m is input m - 1
+                after = _add(after, (1 / rate, -1 / rate))
+        through_mel = _add(after, _conv_reach(self.conv_pre, 1))
+        return tuple(max(side) for side in zip(through_mel, *through_source))
+
+
+def _add(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    return a[0] + b[0], a[1] + b[1]
+
+
+def _conv_reach(conv: nn.Conv1d, input_rate: int) -> tuple[float, float]:
+    """(left, right) reach in mel frames of a Conv1d's output into its input (at ``input_rate`` samples per frame):
+    output o gets inputs ``o * stride - padding + dilation * [0, kernel - 1]``."""
+    reach = conv.dilation[0] * (conv.kernel_size[0] - 1)
+    return conv.padding[0] / input_rate, (reach - conv.padding[0]) / input_rate
+
+
+def _resblock_reach(block: HiFTResBlock, rate: int) -> tuple[float, float]:
+    """Reach of a residual block (its convs in a chain; the residual path reaches nowhere)."""
+    total = (0.0, 0.0)
+    for c1, c2 in zip(block.convs1, block.convs2):
+        total = _add(total, _add(_conv_reach(c1, rate), _conv_reach(c2, rate)))
+    return total
 
 
 __all__ = [
