@@ -68,13 +68,6 @@ class HiFTResBlock(nn.Module):
             x = conv2(act2(conv1(act1(x)))) + x
         return x
 
-    def receptive_radius(self) -> int:
-        """Samples of context on each side at this block's rate."""
-        return sum(
-            c1.dilation[0] * (c1.kernel_size[0] // 2) + c2.kernel_size[0] // 2
-            for c1, c2 in zip(self.convs1, self.convs2)
-        )
-
 
 class BaichuanAudioF0Predictor(nn.Module):
     """``ConvRNNF0Predictor``: mel (B, n_mels, T) -> f0 (B, T) in Hz (despite the name, no recurrence)."""
@@ -296,7 +289,7 @@ class BaichuanAudioHiFTVocoder(nn.Module):
         post = _conv_reach(self.conv_post, rates[-1])
         istft = ((self.n_fft - self.n_fft // 2 - 1) / sample_rate, (self.n_fft // 2) / sample_rate)
         after = _add(post, istft)  # reach of the output into the output of the current stage
-        through_mel, through_source = None, []
+        through_source = []
         for i in reversed(range(len(self.ups))):
             rate = rates[i + 1]
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
