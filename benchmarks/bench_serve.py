@@ -11,14 +11,22 @@ questions, ``modalities: ["text", "audio"]``, wav answers, greedy) are run
   (``generate_sequential``) against one left-padded batched ``generate`` of all of them (``generate_batched``): the
   ceiling of what batching saves on the LLM + audio head; speech seconds there are code frames / 12.5.
 
-In the served figures each request's speech is decoded by code2wav in its own consumer thread (not batched), so the
-served gain is bounded by the decode share of a request.
+In the served figures each request's speech is decoded by code2wav (not batched): in its own consumer thread with
+``--decode-priority overlap`` (the server's default), or in the batcher's thread between generation steps with
+``inline``; the served gain is bounded by the decode share of a request.
+
+``--size 0.5b`` serves, instead of ``--model``, the random 0.5B-class model of ``bench_generation.py`` (real-size
+audio tokenizer, audio head and code2wav) built in this process, with its offline byte-level tokenizer; random
+weights, so each answer is forced into one spoken phrase: ``--text-tokens`` text tokens, then ``--audio-frames``
+code frames (no ``<audiogen_end>`` before them).
 
 Each configuration runs ``--rounds`` times, alternating (other processes may load the machine), and the best round
 is reported. Figures: requests/s, seconds of generated speech per second, and the gain over the sequential baseline
 (requests/s ratio). The last output line is one JSON object. Example::
 
     python benchmarks/bench_serve.py --requests 8 --concurrency 1 4 8
+    python benchmarks/bench_serve.py --size 0.5b --threads 2 --requests 4 --concurrency 4 --rounds 1 \
+        --decode-priority inline
 """
 
 from __future__ import annotations
@@ -29,11 +37,35 @@ import io
 import json
 import os
 import platform
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import soundfile as sf
 import torch
+
+
+def random_half_billion(args):
+    """(model, processor, generate kwargs) of ``--size 0.5b``: ``bench_generation.py``'s model and tokenizer, answers
+    forced into ``--text-tokens`` text tokens and one phrase of ``--audio-frames`` frames."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_generation
+
+    from transformers_baichuan_audio.tiny_random import restrict_text_head
+
+    config = bench_generation.build_config(args.size)
+    model = bench_generation.build_model(config, torch.float32, "cpu" if args.device == "auto" else args.device)
+    processor = bench_generation.turn_processor(config)
+    restrict_text_head(model, processor.tokenizer)
+    kwargs = dict(
+        do_sample=False,
+        text_segment_max_new_tokens=args.text_tokens,
+        audio_min_frames=args.audio_frames,
+        audio_max_frames=args.audio_frames,
+        max_rounds=1,
+    )
+    return model, processor, kwargs
 
 
 def main() -> None:
@@ -46,6 +78,10 @@ def main() -> None:
     parser.add_argument("--batch-window-ms", type=float, default=20.0)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", choices=["0.5b"], default=None, help="serve bench_generation's random 0.5B model")
+    parser.add_argument("--text-tokens", type=int, default=10, help="--size 0.5b: text tokens per answer")
+    parser.add_argument("--audio-frames", type=int, default=30, help="--size 0.5b: code frames per answer")
+    parser.add_argument("--decode-priority", choices=["overlap", "inline"], default="overlap")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,14 +95,18 @@ def main() -> None:
     from transformers_baichuan_audio.serving.engine import ServingEngine
     from transformers_baichuan_audio.serving.limits import ServeLimits
 
-    model, processor = loading.load_model_and_processor(args.model, device=args.device)
-    kwargs = {**loading.generation_kwargs_for(args.model), "do_sample": False}
+    if args.size:
+        model, processor, kwargs = random_half_billion(args)
+        args.model = f"random-{args.size}"
+    else:
+        model, processor = loading.load_model_and_processor(args.model, device=args.device)
+        kwargs = {**loading.generation_kwargs_for(args.model), "do_sample": False}
     chat = SpeechChat(model, processor, dict(kwargs))
     baseline = SpeechChat(model, processor, dict(kwargs))
     limits = ServeLimits(
         max_batch_size=args.max_batch_size, batch_window_ms=args.batch_window_ms, max_queue=4 * args.requests
     )
-    engine = ServingEngine(chat, limits)
+    engine = ServingEngine(chat, limits, decode_priority=args.decode_priority)
     server, thread, base_url = serve_in_thread(build_app(engine, args.model))
     client = openai.OpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0, timeout=600)
     questions = [f"Question {i}: what is the weather like?" for i in range(args.requests)]
@@ -155,6 +195,7 @@ def main() -> None:
         "rounds": args.rounds,
         "batch_window_ms": args.batch_window_ms,
         "max_batch_size": args.max_batch_size,
+        "decode_priority": args.decode_priority,
     }
     for name, (seconds, audio) in best.items():
         result[f"{name}_requests_per_s"] = round(n / seconds, 3)

@@ -306,6 +306,53 @@ def test_cancelled_row_ends_early_and_the_others_go_on(server, reference):
     assert sum(c.shape[0] for c in codes) < sum(c.shape[0] for c in full.codes) == CAPS["audio_max_frames"]
 
 
+def test_inline_decoding_gives_each_row_its_alone_answer(chat, reference):
+    """``decode_priority="inline"``: the batcher's thread decodes every row's speech between generation steps (no
+    decoding in the consuming threads); two rows in one batch each get their alone answer's text and samples."""
+    engine = ServingEngine(chat, ServeLimits(batch_window_ms=300.0), decode_priority="inline")
+    code2wav, decoding_threads = chat.model.code2wav, set()
+    original = code2wav.streaming_decoder
+
+    def recorded(**kwargs):
+        decoding_threads.add(threading.get_ident())
+        return original(**kwargs)
+
+    code2wav.streaming_decoder = recorded
+    try:
+        messages = [_user(reference, text="first question")], [_user(reference, text="second question")]
+        requests = [engine.chat_job(m, None, True, engine.settings()) for m in messages]
+        answers = [list(engine.events(r)) for r in requests]
+        assert decoding_threads and threading.get_ident() not in decoding_threads  # not in the consuming thread
+    finally:
+        del code2wav.streaming_decoder
+        engine.close()
+    for request, events, m in zip(requests, answers, messages, strict=True):
+        alone = reference.answer(m)
+        audio = np.concatenate([e.audio for e in events if e.kind == "audio"])
+        assert events[-1].text == alone.text and request.job.batch_size == 2
+        np.testing.assert_array_equal(to_pcm16(torch.from_numpy(audio)), to_pcm16(alone.audio))
+    with pytest.raises(ValueError, match="decode_priority"):
+        ServingEngine(chat, decode_priority="later")
+
+
+def test_serve_option_decode_priority(chat, monkeypatch, capsys):
+    import argparse
+
+    from transformers_baichuan_audio import tiny_random
+    from transformers_baichuan_audio.serving.cli import add_arguments, build_from_args
+
+    monkeypatch.setattr(tiny_random, "build_tiny_random", lambda seed=0, dtype=None: (chat.model, chat.processor))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for argv, expected in (([], "overlap"), (["--decode-priority", "inline"], "inline")):
+        _, engine = build_from_args(parser.parse_args(["--model", MODEL, *argv]))
+        assert engine.decode_priority == expected
+        engine.close()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", MODEL, "--decode-priority", "later"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_client_disconnect_cancels_its_request(server):
     """A streaming client that goes away after the first chunk: its job is cancelled (row ended, nothing left
     queued or running) and the server answers the next request."""

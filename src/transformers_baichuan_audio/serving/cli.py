@@ -56,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-window-ms", type=float, default=d.batch_window_ms, help="how long a request waits for others to batch"
     )
     limits.add_argument("--max-queue", type=positive_int, default=d.max_queue, help="waiting requests before 429")
+    limits.add_argument(
+        "--decode-priority",
+        choices=["overlap", "inline"],
+        default="overlap",
+        help="where speech is decoded: in each request's thread while the batch generates (overlap, default) or in "
+        "the batcher's thread between generation steps (inline: one thread does all tensor work)",
+    )
 
 
 def limits_from_args(args: argparse.Namespace):
@@ -82,7 +89,7 @@ def build_from_args(args: argparse.Namespace):
         import torch
 
         torch.set_num_threads(args.threads)
-    engine = ServingEngine(speech_chat_from_args(args), limits_from_args(args))
+    engine = ServingEngine(speech_chat_from_args(args), limits_from_args(args), decode_priority=args.decode_priority)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     return build_app(engine, args.served_model_name or args.model, api_key=api_key), engine
 

@@ -64,11 +64,16 @@ class ServingEngine:
     Args:
         chat: the :class:`SpeechChat` (model, processor, ``generation_kwargs`` defaults, ``seed``, input limits).
         limits: :class:`ServeLimits`.
+        decode_priority: where each request's speech is decoded (the streamer's argument, see
+            :mod:`..modeling.streamer`): ``"overlap"`` (default) in the request's consuming thread while the batch
+            generates; ``"inline"`` in the batcher's thread, between generation steps (all tensor work on one
+            thread; the batch waits while a row's chunk is decoded). Same samples either way.
     """
 
-    def __init__(self, chat: SpeechChat, limits: ServeLimits | None = None):
+    def __init__(self, chat: SpeechChat, limits: ServeLimits | None = None, decode_priority: str = "overlap"):
         self.chat = chat
         self.limits = limits or ServeLimits()
+        self.decode_priority = BaichuanAudioStreamer.check_decode_priority(decode_priority)
         chat.limits = dataclasses.replace(
             chat.limits,
             max_seconds=self.limits.max_audio_seconds,
@@ -130,7 +135,10 @@ class ServingEngine:
             generator = torch.Generator(device=code2wav.device).manual_seed(self.chat.seed + 1)
             decoder_kwargs = {"generator": generator, **getattr(self.chat, "schedule", {})}
         return BaichuanAudioStreamer(
-            tokenizer=self.processor.tokenizer, code2wav=code2wav, decoder_kwargs=decoder_kwargs
+            tokenizer=self.processor.tokenizer,
+            code2wav=code2wav,
+            decoder_kwargs=decoder_kwargs,
+            decode_priority=self.decode_priority,
         )
 
     def _prompt_codes(self, inputs) -> torch.Tensor | None:
