@@ -353,7 +353,8 @@ class BaichuanAudioCode2Wav(BaichuanAudioCode2WavPreTrainedModel):
         this number (masked frames after the phrase, which the causal U-Net never lets reach the phrase's frames), so
         that a shape-specialised backend sees one shape per bucket. Compiling costs minutes at the released size on
         a CPU, and on a CPU the compiled U-Net is not faster (``benchmarks/bench_code2wav.py --paths compiled``); it
-        is meant for GPUs. The streaming decoder keeps the eager U-Net (its per-chunk state is Python objects).
+        is meant for GPUs. The streaming decoder keeps the eager U-Net (its per-chunk state is Python objects). Not
+        for a code2wav offloaded with ``device_map`` (its hooks move weights inside the forward: a graph break).
         """
         if pad_to_multiple_of is not None and (
             isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1
