@@ -354,7 +354,7 @@ class BaichuanAudioCode2Wav(BaichuanAudioCode2WavPreTrainedModel):
         that a shape-specialised backend sees one shape per bucket. Compiling costs minutes at the released size on
         a CPU, and on a CPU the compiled U-Net is not faster (``benchmarks/bench_code2wav.py --paths compiled``); it
         is meant for GPUs. The streaming decoder keeps the eager U-Net (its per-chunk state is Python objects). Not
-        for a code2wav offloaded with ``device_map`` (its hooks move weights inside the forward: a graph break).
+        tested on a code2wav offloaded with ``device_map`` (whose hooks move weights inside the forward).
         """
         if pad_to_multiple_of is not None and (
             isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1
