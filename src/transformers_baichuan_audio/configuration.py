@@ -27,6 +27,11 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 DEFAULT_CODEBOOK_SIZES = [8192, 4096, 2048, 1024, 1024, 1024, 1024, 1024]
 
 
+def is_int_at_least(value, minimum: int) -> bool:
+    """Whether ``value`` is an int (not a bool) >= ``minimum`` (the check of integer settings and arguments)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def _check_codebooks(codebook_sizes, where: str) -> None:
     if not codebook_sizes or any((not isinstance(c, int)) or c <= 0 for c in codebook_sizes):
         raise ValueError(f"{where}: `codebook_sizes` must be a non-empty list of positive ints, got {codebook_sizes}")
@@ -387,7 +392,7 @@ class BaichuanAudioFlowMatchingConfig(PreTrainedConfig):
                 f"got {self.compute_dtype!r}"
             )
         left = self.num_decoding_left_chunks
-        if isinstance(left, bool) or not isinstance(left, int) or left < -1:
+        if not is_int_at_least(left, -1):
             raise ValueError(
                 "BaichuanAudioFlowMatchingConfig: num_decoding_left_chunks must be -1 (every earlier chunk) or an int "
                 f">= 0, got {left!r}"
@@ -752,6 +757,7 @@ def register_configs() -> None:
 
 __all__ = [
     "BaichuanAudioConfig",
+    "is_int_at_least",
     "BaichuanAudioTokenizerConfig",
     "BaichuanAudioHeadConfig",
     "BaichuanAudioCode2WavConfig",

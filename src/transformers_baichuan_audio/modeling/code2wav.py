@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ..configuration import BaichuanAudioCode2WavConfig
+from ..configuration import BaichuanAudioCode2WavConfig, is_int_at_least
 from .flow_matching import BaichuanAudioFlowEstimator, BaichuanAudioFlowPrenet, euler_cfm_sample, whisper_layers
 from .layers import build_attention_mask, sinusoids
 from .placement import loaded_weights, module_device
@@ -356,9 +356,7 @@ class BaichuanAudioCode2Wav(BaichuanAudioCode2WavPreTrainedModel):
         is meant for GPUs. The streaming decoder keeps the eager U-Net (its per-chunk state is Python objects). Not
         tested on a code2wav offloaded with ``device_map`` (whose hooks move weights inside the forward).
         """
-        if pad_to_multiple_of is not None and (
-            isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1
-        ):
+        if pad_to_multiple_of is not None and not is_int_at_least(pad_to_multiple_of, 1):
             raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}")
         self.compiled_estimator = torch.compile(
             self.estimator.forward, **{"dynamic": True, "fullgraph": True, **compile_kwargs}
@@ -421,16 +419,16 @@ class BaichuanAudioCode2Wav(BaichuanAudioCode2WavPreTrainedModel):
                 f"noise must have shape {tuple(mu.shape)} (batch, n_mels, frames), got {tuple(noise.shape)}"
             )
         noise = noise.to(mu.device, mu.dtype)
-        estimator, pad = self.estimator, 0
+        estimator, inputs = self.estimator, (noise, mu, mask)
         if self.compiled_estimator is not None:
             estimator = self.compiled_estimator
             pad = -total % (self.estimator_pad_to_multiple_of or 1)
+            if pad:  # masked frames after the phrase (see compile_estimator)
+                inputs = tuple(F.pad(t, (0, pad)) for t in inputs)
         with self.estimator.compute_context(mu.device):
             mel = euler_cfm_sample(
                 estimator,
-                F.pad(noise, (0, pad)),
-                F.pad(mu, (0, pad)),
-                F.pad(mask, (0, pad)),
+                *inputs,
                 num_steps or self.config.flow_matching_config.diffusion_steps,
                 self.config.flow_matching_config.inference_cfg_rate,
                 self.config.flow_matching_config.t_scheduler,

@@ -82,6 +82,7 @@ import math
 import torch
 from torch import nn
 
+from ..configuration import is_int_at_least
 from .code2wav import BaichuanAudioCode2Wav
 from .flow_matching import euler_cfm_sample
 from .generation import SPEECH_GENERATION_DEFAULTS
@@ -172,7 +173,7 @@ class BaichuanAudioStreamingDecoder:
         self.incremental = supported if incremental is None else incremental
         if reserve_frames is None:
             reserve_frames = DEFAULT_RESERVE_FRAMES if model.device.type == "cpu" else 0
-        if isinstance(reserve_frames, bool) or not isinstance(reserve_frames, int) or reserve_frames < 0:
+        if not is_int_at_least(reserve_frames, 0):
             raise ValueError(f"reserve_frames must be an int >= 0, got {reserve_frames!r}")
         self.cache = StreamingCache(reserve=reserve_frames * self.stride)
         self.cache_before_last_chunk = self.cache
@@ -180,14 +181,14 @@ class BaichuanAudioStreamingDecoder:
         self.first_chunk_frames = per_chunk if first_chunk_frames is None else first_chunk_frames
         self.chunk_frames = per_chunk if chunk_frames is None else chunk_frames
         first, later = self.first_chunk_frames, self.chunk_frames
-        if isinstance(first, bool) or not isinstance(first, int) or first < self.min_first_chunk_frames:
+        if not is_int_at_least(first, self.min_first_chunk_frames):
             raise ValueError(
                 f"first_chunk_frames must be an int >= {self.min_first_chunk_frames} (the vocoder's lookahead is "
                 f"{self.voc_radius + self.f0_radius} mel frames), got {first!r}"
             )
         if first > per_chunk and first % per_chunk:
             raise ValueError(f"first_chunk_frames above {per_chunk} must be a multiple of it, got {first}")
-        if isinstance(later, bool) or not isinstance(later, int) or later < per_chunk or later % per_chunk:
+        if not is_int_at_least(later, per_chunk) or later % per_chunk:
             raise ValueError(
                 f"chunk_frames must be a positive multiple of {per_chunk} (the U-Net chunk), got {later!r}"
             )

@@ -289,13 +289,13 @@ class BaichuanAudioHiFTVocoder(nn.Module):
         post = _conv_reach(self.conv_post, rates[-1])
         istft = ((self.n_fft - self.n_fft // 2 - 1) / sample_rate, (self.n_fft // 2) / sample_rate)
         after = _add(post, istft)  # reach of the output into the output of the current stage
+        stft = istft[::-1]  # source STFT, centred: frame k gets samples k * hop - n_fft // 2 + [0, n_fft)
         through_source = []
         for i in reversed(range(len(self.ups))):
             rate = rates[i + 1]
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
             after = _add(after, tuple(max(side) for side in zip(*(_resblock_reach(b, rate) for b in blocks))))
-            # the source branch joins here: source STFT (centred, frames at the last rate), downsampling, resblock
-            stft = ((self.n_fft // 2) / sample_rate, (self.n_fft - self.n_fft // 2 - 1) / sample_rate)
+            # the source branch joins here: source STFT (frames at the last rate), downsampling, resblock
             source = _add(stft, _conv_reach(self.source_downs[i], rates[-1]))
             through_source.append(_add(after, _add(source, _resblock_reach(self.source_resblocks[i], rate))))
             up = self.ups[i]  # transposed conv: output j gets inputs i with j + p - k + 1 <= stride * i <= j + p
