@@ -24,12 +24,15 @@ size). ``--left-chunks N [N ...]`` also times, per N, the bounded-context policy
 ``flow_matching_config.num_decoding_left_chunks = N`` (each U-Net chunk attends to the N chunks before it instead of
 every earlier one): its stream against its own one-shot decode (``left_chunks_N``), and its one-shot mel against
 the default's (same codes and noise): ``mel_error_max`` / ``mel_error_rms`` beside ``mel_range`` (random weights: a
-measure of how far the policy moves this model, not of how it sounds with the released weights). The last line
-printed is one JSON object.
+measure of how far the policy moves this model, not of how it sounds with the released weights). ``--state-pool``
+also times the stream on a ``StreamingStatePool`` that an untimed stream of a phrase of the same length has filled
+(``warm_pool``: a turn's later phrase, up to the length of its longest earlier one; the default ``incremental`` is
+a turn's first phrase, every state page new). The last line printed is one JSON object.
 
     python benchmarks/bench_code2wav_streaming.py --threads 1                       # small config, 4..32 s
     python benchmarks/bench_code2wav_streaming.py --size real --threads 1 --repeats 1 --seconds 4 8 16 32
     python benchmarks/bench_code2wav_streaming.py --size real --threads 2 --repeats 1 --left-chunks 1 2
+    python benchmarks/bench_code2wav_streaming.py --size real --threads 2 --repeats 2 --seconds 8 16 --state-pool
     python benchmarks/bench_code2wav_streaming.py --size real --device cuda
 """
 
@@ -45,6 +48,7 @@ import torch
 
 from transformers_baichuan_audio.configuration import BaichuanAudioCode2WavConfig, BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioCode2Wav
+from transformers_baichuan_audio.modeling.streaming_state import StreamingStatePool
 
 
 def _sync(device: torch.device) -> None:
@@ -124,6 +128,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--first-chunk-frames", type=int, default=None, help="also time a provisional first chunk")
     parser.add_argument("--reference", action="store_true", help="also time the prefix re-decode reference path")
+    parser.add_argument("--state-pool", action="store_true", help="also time a stream on a filled state pool")
     parser.add_argument(
         "--left-chunks", type=int, nargs="*", default=[], help="also time num_decoding_left_chunks = N (per N)"
     )
@@ -145,6 +150,8 @@ def main() -> None:
         )
     if args.reference:
         variants["reference"] = ({"incremental": False}, default_left)
+    if args.state_pool:
+        variants["warm_pool"] = ({"incremental": True, "state_pool": None}, default_left)  # pool set per phrase
     for n in args.left_chunks:
         variants[f"left_chunks_{n}"] = ({"incremental": True}, n)
     lefts = sorted({left for _, left in variants.values()})
@@ -160,14 +167,31 @@ def main() -> None:
     runs = {(p[0], name): [] for p in phrases for name in variants}
     one_shot = {(p[0], left): [] for p in phrases for left in lefts}
     mels = {}
+    pools: dict[float, StreamingStatePool] = {}
+
+    def decoder_kwargs(name: str, seconds: float, codes, noise) -> dict:
+        kwargs = dict(variants[name][0])
+        if name == "warm_pool":
+            if seconds not in pools:  # filled by an untimed stream of another phrase of this length
+                pools[seconds] = StreamingStatePool()
+                other = torch.stack(
+                    [torch.randint(0, s, (codes.shape[0],), generator=g) for s in config.codebook_sizes], 1
+                )
+                stream_times(
+                    model, other.to(device), noise, args.steps, device, incremental=True, state_pool=pools[seconds]
+                )
+            kwargs["state_pool"] = pools[seconds]
+        return kwargs
+
     with torch.no_grad():
         warm = phrases[0]
         stream_times(model, warm[1][:26], warm[2], 1, device)  # warm-up: one chunk, one Euler step
         one_shot_time(model, warm[1][:26], warm[2], 1, device)
         for repeat in range(args.repeats):
             for seconds, codes, noise, _ in phrases:
-                for name, (kwargs, left) in variants.items():
+                for name, (_, left) in variants.items():
                     with left_chunks(model, left):
+                        kwargs = decoder_kwargs(name, seconds, codes, noise)
                         runs[(seconds, name)].append(stream_times(model, codes, noise, args.steps, device, **kwargs))
                 for left in lefts:
                     with left_chunks(model, left):

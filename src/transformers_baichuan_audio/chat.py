@@ -48,6 +48,7 @@ from . import loading
 from .cpu_threads import release_openmp_workers, releases_openmp_workers
 from .modeling.generation import PromptTooLongError, check_prompt_length, crossfade, join_waveforms, split_tts_text
 from .modeling.streamer import BaichuanAudioStreamer, BaichuanAudioStreamEvent
+from .modeling.streaming_state import StreamingStatePool
 from .processing.audio_io import InvalidAudioError, read_audio_file
 from .processing.processor import DEFAULT_VOICE, OUTPUT_SAMPLING_RATE
 
@@ -493,7 +494,7 @@ class SpeechChat:
 
     def decode_answer(self, codes: list[torch.Tensor]) -> torch.Tensor | None:
         """24 kHz waveform of an answer's audio segments, decoded as :meth:`stream_turn` streams them."""
-        kwargs = self._decoder_kwargs()
+        kwargs = {"state_pool": StreamingStatePool(), **self._decoder_kwargs()}  # later phrases reuse the state pages
         waves = []
         for segment in codes:
             if segment.shape[0] == 0:

@@ -27,7 +27,7 @@ Two paths (``incremental=``):
 
 * incremental (default where :meth:`BaichuanAudioStreamingDecoder.supports_incremental`: one-level U-Net, prenet
   length ratio 1, chunk a whole number of frames; the released model and the tiny config): each chunk is decoded
-  from the causal state of the earlier ones (:class:`~.layers.StreamingCache`): the transposed conv's
+  from the causal state of the earlier ones (:class:`~.streaming_state.StreamingCache`): the transposed conv's
   ``(k - 1) // stride`` left frames (0 for k=3, stride 4), the running GroupNorm sums, the keys / values of every
   decoder and prenet layer, and per Euler step the U-Net's causal-conv left context (2 frames per conv) and the keys /
   values of every U-Net attention layer (a chunk attends to all of itself and every earlier chunk, as the static
@@ -38,7 +38,9 @@ Two paths (``incremental=``):
   first chunk's error. Cost per chunk: constant except attention over all earlier frames (grows with the phrase,
   as the model's attention does; keys / values kept in buffers with room for ``reserve_frames``, doubling past
   it); the vocoder windows are bounded.
-  Memory: keys / values of every attention layer, for the U-Net per Euler step and for both CFG halves.
+  Memory: keys / values of every attention layer, for the U-Net per Euler step and for both CFG halves; with a
+  ``state_pool`` (:class:`~.streaming_state.StreamingStatePool`, one per turn in the streamer and the chat engine)
+  a finished phrase's buffers serve the next phrase, whose state writes then go to pages already mapped.
   Bounded context (``flow_matching_config.num_decoding_left_chunks = n >= 0``, default -1 = every earlier chunk):
   a U-Net chunk attends to the ``n`` chunks before it only, and the stream keeps only their keys / values, so the
   cost and memory per chunk no longer grow with the phrase. The one-shot decode applies the same mask, so the
@@ -86,7 +88,8 @@ from ..configuration import is_int_at_least
 from .code2wav import BaichuanAudioCode2Wav
 from .flow_matching import euler_cfm_sample
 from .generation import SPEECH_GENERATION_DEFAULTS
-from .layers import StreamingCache, build_attention_mask
+from .layers import build_attention_mask
+from .streaming_state import StreamingCache, StreamingStatePool
 from .vocoder import NSFSourceDraws
 
 #: Code frames a streaming decoder on a CPU gives its attention state room for (generation's default
@@ -124,6 +127,10 @@ class BaichuanAudioStreamingDecoder:
         reserve_frames: code frames of the phrase the attention state is given room for at once (longer phrases
             still work: the room doubles). None (default): :data:`DEFAULT_RESERVE_FRAMES` (the default per-phrase cap
             of generation) on a CPU, where room costs address space only, and 0 (grow as needed) elsewhere.
+        state_pool: a :class:`~.streaming_state.StreamingStatePool` the attention state buffers are taken from and
+            given back to at :meth:`finish` (so the next phrase of the turn reuses pages already mapped: measured
+            1.10x instead of 1.31x of the one-shot decode time for a 16 s phrase at real size on the project's
+            2-core CPU). None (default): fresh buffers, freed with the decoder.
     """
 
     def __init__(
@@ -138,6 +145,7 @@ class BaichuanAudioStreamingDecoder:
         first_chunk_frames: int | None = None,
         chunk_frames: int | None = None,
         reserve_frames: int | None = None,
+        state_pool: StreamingStatePool | None = None,
     ):
         self.model = model
         cfg = model.config
@@ -175,7 +183,9 @@ class BaichuanAudioStreamingDecoder:
             reserve_frames = DEFAULT_RESERVE_FRAMES if model.device.type == "cpu" else 0
         if not is_int_at_least(reserve_frames, 0):
             raise ValueError(f"reserve_frames must be an int >= 0, got {reserve_frames!r}")
-        self.cache = StreamingCache(reserve=reserve_frames * self.stride)
+        if state_pool is not None and not isinstance(state_pool, StreamingStatePool):
+            raise TypeError(f"state_pool must be a StreamingStatePool or None, got {type(state_pool).__name__}")
+        self.cache = StreamingCache(reserve=reserve_frames * self.stride, pool=state_pool)
         self.cache_before_last_chunk = self.cache
         per_chunk = self.frames_per_chunk
         self.first_chunk_frames = per_chunk if first_chunk_frames is None else first_chunk_frames
@@ -409,10 +419,18 @@ class BaichuanAudioStreamingDecoder:
 
     @torch.no_grad()
     def finish(self) -> torch.Tensor:
-        """End of the phrase: decode the remaining frames and return the remaining samples."""
+        """End of the phrase: decode the remaining frames and return the remaining samples. The carried state is
+        dropped (its buffers given back to the ``state_pool``), also when this raises."""
         if self.finished:
             return torch.zeros(0, device=self.model.device)
         self.finished = True
+        try:
+            return self._finish()
+        finally:
+            self.cache.release()
+            self.cache = self.cache_before_last_chunk = StreamingCache()
+
+    def _finish(self) -> torch.Tensor:
         if not self.frames:
             raise ValueError("no code frames were pushed: nothing to decode")
         total = int(self.model.decoder.dconv1.output_lengths(torch.tensor(len(self.frames))))

@@ -19,6 +19,8 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .streaming_state import StreamingCache
+
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
     """Whisper's sinusoidal table (length, channels): ``[sin | cos]`` halves."""
@@ -92,101 +94,6 @@ def build_attention_mask(
         key_mask = valid[:, None, None, :]
         mask = key_mask if mask is None else (mask & key_mask)
     return mask
-
-
-class StreamingCache:
-    """Causal state carried from one chunk of a stream to the next (the streaming code2wav decoder).
-
-    Per module (and per ``scope``, e.g. the Euler step of the flow-matching sampler): the left context of a causal
-    conv (:meth:`left_context`) or the keys / values of every earlier frame of an attention layer
-    (:meth:`keys_values`), plus named running values (``past`` / ``new`` by any hashable key). A chunk reads
-    ``past`` and writes the values including itself to ``new``; :meth:`committed` is the cache for the next chunk,
-    and this one stays usable to recompute the same chunk differently (e.g. as the end of the phrase).
-    """
-
-    def __init__(self, past: dict | None = None, reserve: int = 0):
-        self.past: dict = dict(past or {})
-        self.new: dict = {}
-        self.scope = None
-        self.reserve = reserve
-
-    def committed(self) -> StreamingCache:
-        """The cache for the next chunk: this one's past and new state."""
-        return StreamingCache({**self.past, **self.new}, self.reserve)
-
-    def branch(self) -> StreamingCache:
-        """A cache for (re)computing a chunk from this one's past state (its own ``new``)."""
-        return StreamingCache(self.past, self.reserve)
-
-    def left_context(self, module: nn.Module, x: torch.Tensor, width: int) -> torch.Tensor:
-        """x (B, C, T) -> (B, C, width + T): the ``width`` frames before the chunk (zeros at the stream start)."""
-        key = (self.scope, id(module))
-        left = self.past.get(key)
-        if left is None:
-            left = x.new_zeros(x.shape[0], x.shape[1], width)
-        full = torch.cat([left, x], dim=-1)
-        self.new[key] = full[..., full.shape[-1] - width :]
-        return full
-
-    def keys_values(
-        self, module: nn.Module, key: torch.Tensor, value: torch.Tensor, left_chunks: int = -1, chunk: int = 0
-    ):
-        """(B, H, T, D) keys / values of the chunk -> those of every frame so far (earlier ones first), or with
-        ``left_chunks`` >= 0 those of the ``left_chunks`` chunks of ``chunk`` frames before it and its own
-        (:meth:`windowed`).
-
-        Kept in buffers of room for ``reserve`` frames (the caller's expected length), that double when full (no
-        copy of the whole history per chunk); a cache only reads the first ``n`` frames it recorded, so a chunk
-        recomputed from an earlier cache may overwrite what follows. Room is not memory on a CPU: the pages of an
-        empty tensor are only mapped as frames are written, while growing copies the history into pages that are
-        all new at once (on a VM that page-faulting costs seconds for the GB of a long phrase's U-Net state).
-        """
-        if left_chunks >= 0:
-            return self.windowed(module, key, value, left_chunks, chunk)
-        name = (self.scope, id(module))
-        buffers, n = self.past.get(name, (None, 0))
-        total = n + key.shape[-2]
-        if buffers is None or buffers[0].shape[-2] < total:
-            size = (*key.shape[:-2], max(2 * total, 128, self.reserve), key.shape[-1])
-            grown = tuple(key.new_empty(size) for _ in range(2))
-            if buffers is not None:
-                for old, new in zip(buffers, grown, strict=True):
-                    new[..., :n, :] = old[..., :n, :]
-            buffers = grown
-        buffers[0][..., n:total, :] = key
-        buffers[1][..., n:total, :] = value
-        self.new[name] = (buffers, total)
-        return buffers[0][..., :total, :], buffers[1][..., :total, :]
-
-    def windowed(self, module: nn.Module, key: torch.Tensor, value: torch.Tensor, left_chunks: int, chunk: int):
-        """:meth:`keys_values` of a bounded context: the keys / values of the ``left_chunks`` chunks of ``chunk``
-        frames before this chunk, and this chunk's own (at most ``chunk`` frames, starting on a chunk boundary).
-
-        Kept in a ring of ``left_chunks + 1`` chunk slots allocated once per stream: each chunk overwrites the slot
-        of the one that has just left the context, so the state stays the same size at any phrase length and, after
-        the first ``left_chunks + 1`` chunks, no chunk writes to memory it has not touched before (first touches
-        cost most of a streamed chunk's copies on a CPU). The slots are not in time order once the ring wraps; the
-        attention this serves has no positions, so only the order of its sums changes (float roundoff). An earlier
-        cache stays valid: a chunk overwrites only the slot that cache no longer sees.
-        """
-        name = (self.scope, id(module), "ring")
-        ring, written = self.past.get(name, (None, 0))
-        new, room = key.shape[-2], (left_chunks + 1) * chunk
-        if new > chunk or written % chunk:
-            raise ValueError(f"a bounded-context chunk must be at most {chunk} frames on a chunk boundary")
-        if ring is None:
-            bsz, heads, _, dim = key.shape
-            ring = tuple(key.new_empty(bsz, heads, room, dim) for _ in range(2))
-        at = written % room
-        ring[0][..., at : at + new, :] = key
-        ring[1][..., at : at + new, :] = value
-        self.new[name] = (ring, written + new)
-        if written + new <= room:  # not wrapped yet: the first frames
-            return ring[0][..., : written + new, :], ring[1][..., : written + new, :]
-        if new == chunk:
-            return ring
-        # a short last chunk in a wrapped ring: every slot but the rest of its own
-        return tuple(torch.cat([r[..., : at + new, :], r[..., at + chunk :, :]], dim=-2) for r in ring)
 
 
 def eager_attention_forward(
@@ -323,7 +230,6 @@ __all__ = [
     "lengths_to_mask",
     "build_attention_mask",
     "eager_attention_forward",
-    "StreamingCache",
     "BaichuanWhisperAttention",
     "BaichuanWhisperLayer",
 ]

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 import torch
 from transformers.generation import BaseStreamer
 
+from .streaming_state import StreamingStatePool
+
 
 @dataclass
 class BaichuanAudioStreamEvent:
@@ -74,7 +76,12 @@ class BaichuanAudioStreamer(BaseStreamer):
         tokenizer: decodes text deltas (``event.text``); without it only ``token_ids`` are given.
         code2wav: a ``BaichuanAudioCode2Wav``; when given, audio events carry waveform chunks from its streaming
             decoder (one decoder per row and segment).
-        decoder_kwargs: extra arguments of ``code2wav.streaming_decoder`` (e.g. ``generator``).
+        decoder_kwargs: extra arguments of ``code2wav.streaming_decoder`` (e.g. ``generator``). By default the
+            decoders share :attr:`state_pool`, one :class:`~.streaming_state.StreamingStatePool` per streamer (a
+            turn), so each phrase after the first reuses the state buffers of a finished one; it is cleared when
+            the consumer reaches the end. ``state_pool=None`` here turns that off; a pool given here is used instead
+            and not cleared (e.g. one kept across turns: every phrase but the process's first then reuses pages, at
+            the cost of keeping the longest phrase's state resident; on CUDA the caching allocator already does).
         skip_special_tokens: passed to ``tokenizer.decode``.
         timeout: seconds the consumer waits for the next event before ``queue.Empty`` is raised (None: forever).
         decode_priority: ``"overlap"``, ``"first_chunk"``, ``"always"`` or ``"inline"`` (see the module docstring).
@@ -99,6 +106,8 @@ class BaichuanAudioStreamer(BaseStreamer):
         self.tokenizer = tokenizer
         self.code2wav = code2wav
         self.decoder_kwargs = dict(decoder_kwargs or {})
+        self.state_pool = StreamingStatePool() if code2wav is not None else None
+        self.decoder_kwargs.setdefault("state_pool", self.state_pool)
         self.skip_special_tokens = skip_special_tokens
         self.timeout = timeout
         self.queue: queue.Queue = queue.Queue()
@@ -176,6 +185,8 @@ class BaichuanAudioStreamer(BaseStreamer):
             return self._pending.pop(0)
         item = self.queue.get(timeout=self.timeout)
         if item is self._END:
+            if self.state_pool is not None:
+                self.state_pool.clear()  # the turn is over: its phrases' state goes back to the allocator
             raise StopIteration
         if self.code2wav is None or self.decodes_inline:
             return item
