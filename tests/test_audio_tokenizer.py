@@ -12,7 +12,12 @@ import torch
 from transformers_baichuan_audio.audio_encoding import encode_audio
 from transformers_baichuan_audio.configuration import BaichuanAudioTokenizerConfig
 from transformers_baichuan_audio.conversion.audio_tokenizer_weights import convert_original_audio_tokenizer_weights
-from transformers_baichuan_audio.modeling.audio_tokenizer import BaichuanAudioTokenizerModel, infer_feature_length
+from transformers_baichuan_audio.modeling.audio_tokenizer import (
+    BaichuanAudioBridge,
+    BaichuanAudioTokenizerModel,
+    infer_feature_length,
+    squared_norms,
+)
 from transformers_baichuan_audio.processing.feature_extraction import BaichuanAudioFeatureExtractor
 
 # Contexts recorded by the fixture: which frontend mels are collated (right zero padding), in order.
@@ -301,3 +306,47 @@ def test_random_small_model_from_audio():
     assert all(int(c[:, i].max()) < size for c in codes for i, size in enumerate(config.codebook_sizes))
     with pytest.raises(ValueError, match="sampling_rate"):
         encode_audio(model, clips[0], None)
+
+
+# ---------------------------------------------------------------------------------------------- fast paths
+
+
+@pytest.mark.parametrize("rows, dim", [(8192, 80), (1000, 77), (64, 5), (65, 33), (130, 1)])
+def test_squared_norms_are_the_plain_formulas_bit_for_bit(rows, dim):
+    """The RVQ's |c|^2, computed in row blocks on a CPU, equals ``codebook.pow(2).sum(-1)`` exactly (the distances,
+    and so every code, stay the original formula's), with 1 and 2 threads."""
+    codebook = torch.randn(rows, dim, generator=torch.Generator().manual_seed(rows))
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert torch.equal(squared_norms(codebook), codebook.pow(2).sum(-1))
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("avg_pooler, length", [(4, 12), (2, 6), (3, 9)])
+def test_bridge_convs_as_products_equal_the_convs(avg_pooler, length):
+    """The bridge computes its kernel = stride convs as products over groups of frames: the same values as the
+    ``nn.Conv1d`` modules (1e-5: fp32 roundoff of another summation order over d * k = 16 * avg_pooler terms of
+    O(1), measured ~5e-7) and the same weight gradients; a conv wrapped in another module is called as a module."""
+    config = BaichuanAudioTokenizerConfig(
+        d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, avg_pooler=avg_pooler
+    )
+    bridge = BaichuanAudioBridge(config)
+    x = torch.randn(2, length, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    for conv in (bridge.gate_proj, bridge.up_proj):
+        got = bridge.grouped_conv(conv, x)
+        want = conv(x.transpose(1, 2)).transpose(1, 2)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        (grad_got,) = torch.autograd.grad(got.square().sum(), conv.weight)
+        (grad_want,) = torch.autograd.grad(want.square().sum(), conv.weight)
+        torch.testing.assert_close(grad_got, grad_want, rtol=1e-5, atol=1e-5)
+
+    class Doubled(torch.nn.Conv1d):  # stands in for an adapter wrapping the conv
+        def forward(self, input):
+            return 2 * super().forward(input)
+
+    doubled = Doubled(16, bridge.gate_proj.out_channels, avg_pooler, avg_pooler, bias=False)
+    doubled.load_state_dict(bridge.gate_proj.state_dict())
+    torch.testing.assert_close(bridge.grouped_conv(doubled, x), 2 * bridge.grouped_conv(bridge.gate_proj, x))

@@ -103,7 +103,7 @@ class StreamingCache:
         return StreamingCache(self.past, self.reserve, self.pool, self.allocated)
 
     def release(self) -> None:
-        """The stream is done: give every buffer its caches allocated back to the pool (none of them may be used
+        """The stream is done: give every buffer its caches took back to the pool (none of them may be used
         afterwards) and forget the state."""
         if self.pool is not None:
             self.pool.give_back(self.allocated)
