@@ -16,7 +16,7 @@ from code2wav_helpers import code2wav_one_thread  # noqa: F401  (autouse fixture
 from transformers_baichuan_audio.configuration import BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioCode2Wav
 from transformers_baichuan_audio.modeling.streamer import BaichuanAudioStreamer
-from transformers_baichuan_audio.modeling.streaming_state import StreamingStatePool
+from transformers_baichuan_audio.modeling.streaming_state import StreamingCache, StreamingStatePool
 from transformers_baichuan_audio.modeling.vocoder import NSFSourceDraws
 
 STEPS = 2
@@ -103,11 +103,11 @@ def test_live_streams_on_one_pool_hold_different_buffers(tiny_model, left):
 
 def test_finish_gives_the_state_back_when_it_raises(tiny_model):
     pool = StreamingStatePool()
-    stream = tiny_model.streaming_decoder(num_steps=STEPS, state_pool=pool, first_chunk_frames=6)
-    codes = _phrase(tiny_model, 6, seed=6)[0]
-    for i in range(6):
-        stream.push(codes[i : i + 1])  # a provisional first chunk: state taken from the pool
-    assert pool.num_buffers == 0
+    stream = tiny_model.streaming_decoder(num_steps=STEPS, state_pool=pool)
+    codes = _phrase(tiny_model, 52, seed=6)[0]
+    for i in range(52):
+        stream.push(codes[i : i + 1])  # two chunks: the second one takes the state buffers from the pool
+    assert _held(stream) and pool.num_buffers == 0
     stream.frames.clear()  # as if no frame had been pushed: finish raises
     with pytest.raises(ValueError, match="no code frames"):
         stream.finish()
@@ -119,7 +119,7 @@ def test_finish_gives_the_state_back_when_it_raises(tiny_model):
 def test_streamer_reuses_state_across_a_turns_phrases(tiny_model):
     """One pool per streamer: the second phrase of a row takes the first phrase's buffers, the samples are those
     of a streamer without a pool, and the pool is emptied when the consumer reaches the end."""
-    phrases = [_phrase(tiny_model, 30, seed=7)[0], _phrase(tiny_model, 30, seed=8)[0]]
+    phrases = [_phrase(tiny_model, 60, seed=7)[0], _phrase(tiny_model, 60, seed=8)[0]]  # 2 chunks before finish
     results = {}
     for pooled in (True, False):
         kwargs = {"generator": torch.Generator().manual_seed(0), "num_steps": STEPS}
@@ -152,26 +152,23 @@ def test_chat_decode_answer_shares_one_pool_per_answer(monkeypatch):
     chat = SpeechChat(*tiny_model_and_processor(), GREEDY)
     done = chat.answer([chat.user_message(text="hello")])
     assert sum(1 for c in done.codes if c.shape[0]) == 2  # the tiny model's greedy answer: two phrases
-    code2wav, made = chat.model.code2wav, []
+    code2wav, made, released = chat.model.code2wav, [], []
     make = code2wav.streaming_decoder
 
     def spy(**kwargs):
-        decoder = make(**kwargs)
-        push = decoder.push
+        made.append(kwargs["state_pool"])
+        return make(**kwargs)
 
-        def recording_push(codes):
-            out = push(codes)
-            made[-1][1] = _held(decoder) or made[-1][1]
-            return out
-
-        decoder.push = recording_push
-        made.append([kwargs["state_pool"], set()])
-        return decoder
+    def recording_release(cache, release=StreamingCache.release):
+        released.append({t.untyped_storage().data_ptr() for t in cache.allocated})
+        release(cache)
 
     monkeypatch.setattr(code2wav, "streaming_decoder", spy)
+    monkeypatch.setattr(StreamingCache, "release", recording_release)
     first = chat.decode_answer(done.codes)
     second = chat.decode_answer(done.codes)
     assert torch.equal(first, second)
-    pools = [pool for pool, _ in made]
-    assert pools[0] is pools[1] and pools[2] is pools[3] and pools[0] is not pools[2]
-    assert made[0][1] and made[1][1] and made[1][1] <= made[0][1]
+    assert made[0] is made[1] and made[2] is made[3] and made[0] is not made[2]
+    # the buffers each phrase took from its pool (given back at finish): the second phrase's are the first one's
+    assert released[0] and released[1] and released[1] <= released[0]
+    assert released[2].isdisjoint(released[0])  # the next answer's pool starts empty
