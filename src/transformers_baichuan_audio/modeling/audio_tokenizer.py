@@ -171,14 +171,15 @@ class BaichuanAudioBridge(nn.Module):
         return self.layer_norm(self.down_proj(self.act_fn(gate) * up) + residual)
 
     def grouped_conv(self, conv: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-        """``conv`` (kernel = stride = ``avg_pooler``, no padding) of (B, T, d) frames -> (B, T / avg_pooler, width).
+        """``conv`` (kernel = stride = ``avg_pooler``, no padding) of (B, T, d) frames (T a multiple of
+        ``avg_pooler``) -> (B, T / avg_pooler, width).
 
         A plain ``nn.Conv1d`` is computed as what it is, one product per group of ``avg_pooler`` frames: a GEMM of
         the (d, k)-flattened groups with the (width, d, k) weight viewed as (width, d k), the same dot products as
         the conv (float roundoff apart). oneDNN's conv re-lays out the weight (5120 x 1280 x 4, 105 MB) on every
         call: for a 3 s clip on the project's 2-core CPU the two convs took 534 ms of the tokenizer's 2.2 s, and
-        the GEMMs take ~30 ms. Anything else (a subclass, a PEFT adapter wrapping the conv) is called as a module; offloaded
-        weights (accelerate) are loaded for the product.
+        the GEMMs take ~30 ms. Anything else (a subclass, a PEFT adapter wrapping the conv) is called as a module;
+        offloaded weights (accelerate) are loaded for the product.
         """
         if type(conv) is not nn.Conv1d:
             return conv(hidden_states.transpose(1, 2)).transpose(1, 2)
