@@ -129,3 +129,27 @@ def test_bfloat16_compute_dtype_streams_like_fp32():
     assert torch.isfinite(wave_fast).all()
     # Relative waveform error well below 1 (a wrong path gives errors of the waveform's own size).
     assert (wave_fast - wave_exact).norm() / wave_exact.norm() < 0.2
+
+
+def test_snake_inference_path_is_the_formula_bit_for_bit():
+    """The vocoder's Snake computes ``x + sin(alpha x)^2 / alpha`` in one buffer when no gradient is needed: the same
+    operations in the same order, so equal to the formula exactly; with gradients it stays out of place (the
+    gradient of alpha equals the formula's)."""
+    from transformers_baichuan_audio.modeling.vocoder import Snake
+
+    snake = Snake(8)
+    with torch.no_grad():
+        snake.alpha.copy_(torch.rand(8, generator=torch.Generator().manual_seed(0)) * 2 + 0.05)
+    x = torch.randn(2, 8, 301, generator=torch.Generator().manual_seed(1))
+    alpha = snake.alpha.detach()[None, :, None]
+    formula = x + (1.0 / (alpha + 1e-9)) * torch.sin(x * alpha).pow(2)
+    with torch.no_grad():
+        inplace = snake(x)
+    assert torch.equal(inplace, formula) and inplace.data_ptr() != x.data_ptr()
+    assert torch.equal(x, torch.randn(2, 8, 301, generator=torch.Generator().manual_seed(1)))  # input untouched
+    trained = snake(x)
+    assert torch.equal(trained.detach(), formula)
+    (grad,) = torch.autograd.grad(trained.sum(), snake.alpha)
+    a = snake.alpha[None, :, None]
+    (expected,) = torch.autograd.grad((x + (1.0 / (a + 1e-9)) * torch.sin(x * a).pow(2)).sum(), snake.alpha)
+    assert torch.equal(grad, expected)

@@ -43,7 +43,14 @@ class Snake(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha[None, :, None]
-        return x + (1.0 / (alpha + 1e-9)) * torch.sin(x * alpha).pow(2)
+        scale = 1.0 / (alpha + 1e-9)
+        if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad):
+            return x + scale * torch.sin(x * alpha).pow(2)
+        # Inference: the same operations in the same order (bit-identical) on one buffer instead of four fresh
+        # ones. On the project's CPU the temporaries of a vocoder window (2.9 MB each) made the Snakes ~0.6 s of
+        # a 6.3 s first streamed chunk; the first chunk took 5.08 s against 5.61 s (means of 3 alternating pairs).
+        out = x * alpha
+        return out.sin_().pow_(2).mul_(scale).add_(x)
 
 
 class HiFTResBlock(nn.Module):
