@@ -151,7 +151,7 @@ def main() -> None:
     if args.reference:
         variants["reference"] = ({"incremental": False}, default_left)
     if args.state_pool:
-        variants["warm_pool"] = ({"incremental": True, "state_pool": None}, default_left)  # pool set per phrase
+        variants["warm_pool"] = ({"incremental": True}, default_left)  # + a filled pool per phrase length
     for n in args.left_chunks:
         variants[f"left_chunks_{n}"] = ({"incremental": True}, n)
     lefts = sorted({left for _, left in variants.values()})

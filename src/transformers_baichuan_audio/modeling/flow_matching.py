@@ -14,9 +14,10 @@ remote code, itself CosyVoice/Matcha derived), re-written in plain torch:
 With one U-Net level (the released model and the tiny config) every convolution of the U-Net is causal and its
 attention is chunk-causal, so frames of chunk ``c`` depend only on inputs of chunks ``<= c`` (what the streaming
 decoder relies on; inner levels would add a non-causal stride-2 conv and chunks of ``2 * static_chunk_size``
-frames). The prenet layers and the U-Net modules take an optional :class:`~.streaming_state.StreamingCache`: the input is
-then one chunk (an aligned ``static_chunk_size`` chunk for the U-Net) and the causal state of the earlier chunks
-(conv left context, attention keys / values) comes from the cache (:attr:`BaichuanAudioFlowEstimator.streamable`).
+frames). The prenet layers and the U-Net modules take an optional :class:`~.streaming_state.StreamingCache`: the
+input is then one chunk (an aligned ``static_chunk_size`` chunk for the U-Net) and the causal state of the earlier
+chunks (conv left context, attention keys / values) comes from the cache
+(:attr:`BaichuanAudioFlowEstimator.streamable`).
 """
 
 from __future__ import annotations
@@ -381,8 +382,8 @@ class BaichuanAudioFlowEstimator(nn.Module):
 
     @property
     def streamable(self) -> bool:
-        """Whether a :class:`~.streaming_state.StreamingCache` chunk-by-chunk forward is exact: one level (every conv causal,
-        attention chunks aligned at every level) and a positive ``static_chunk_size``."""
+        """Whether a :class:`~.streaming_state.StreamingCache` chunk-by-chunk forward is exact: one level (every conv
+        causal, attention chunks aligned at every level) and a positive ``static_chunk_size``."""
         return len(self.down_blocks) == 1 and self.chunk_size > 0
 
     def forward(
