@@ -38,6 +38,7 @@ import json
 import time
 
 import torch
+from flop_count import flop_counter
 
 from transformers_baichuan_audio.configuration import BaichuanAudioCode2WavConfig, BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioCode2Wav
@@ -68,11 +69,8 @@ def gemm_rate(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
 
 
 def decode_flops(model, codes) -> float:
-    """Floating-point operations of one ``decode`` (matmuls, convolutions and SDPA as counted by torch)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
+    """Floating-point operations of one ``decode`` (matmuls, convolutions and attention; ``flop_count.py``)."""
+    with flop_counter() as counter:
         model.decode(codes, generator=torch.Generator(codes.device).manual_seed(0))
     return float(counter.get_total_flops())
 

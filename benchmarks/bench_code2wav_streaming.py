@@ -27,12 +27,19 @@ the default's (same codes and noise): ``mel_error_max`` / ``mel_error_rms`` besi
 measure of how far the policy moves this model, not of how it sounds with the released weights). ``--state-pool``
 also times the stream on a ``StreamingStatePool`` that an untimed stream of a phrase of the same length has filled
 (``warm_pool``: a turn's later phrase, up to the length of its longest earlier one; the default ``incremental`` is
-a turn's first phrase, every state page new). The last line printed is one JSON object.
+a turn's first phrase, every state page new). ``--flops`` also counts, in one more untimed stream and one-shot
+decode per phrase length and variant (not ``warm_pool``: the same work as ``incremental``; not ``reference``), the
+floating-point work of each returned chunk (``torch.utils.flop_counter`` with the CPU attention kernel counted,
+``flop_count.py``): ``chunk_gflop``, ``flops_last_over_first_chunk`` and ``flops_last_over_second_chunk`` beside the
+time ratios (what any implementation of the same mel computes: a time ratio cannot fall below its FLOP ratio unless
+the chunks run at different efficiencies), ``one_shot_gflop`` and ``stream_over_one_shot_flops``. The last line
+printed is one JSON object.
 
     python benchmarks/bench_code2wav_streaming.py --threads 1                       # small config, 4..32 s
     python benchmarks/bench_code2wav_streaming.py --size real --threads 1 --repeats 1 --seconds 4 8 16 32
     python benchmarks/bench_code2wav_streaming.py --size real --threads 2 --repeats 1 --left-chunks 1 2
     python benchmarks/bench_code2wav_streaming.py --size real --threads 2 --repeats 2 --seconds 8 16 --state-pool
+    python benchmarks/bench_code2wav_streaming.py --size real --threads 2 --repeats 1 --seconds 32 --left-chunks 1 --flops
     python benchmarks/bench_code2wav_streaming.py --size real --device cuda
 """
 
@@ -45,6 +52,7 @@ import platform
 import time
 
 import torch
+from flop_count import flop_counter
 
 from transformers_baichuan_audio.configuration import BaichuanAudioCode2WavConfig, BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioCode2Wav
@@ -84,6 +92,40 @@ def one_shot_time(model, codes, noise, steps, device) -> tuple[float, torch.Tens
     out = model.decode(codes, noise=noise[..., : 4 * codes.shape[0] - 1], num_steps=steps)
     _sync(device)
     return time.perf_counter() - start, out.mel[0]
+
+
+def stream_flops(model, codes, noise, steps, **decoder_kwargs) -> tuple[list[float], float]:
+    """(GFLOP of each push that returned a chunk, GFLOP of the whole stream incl. ``finish``), untimed."""
+    stream = model.streaming_decoder(noise=noise, num_steps=steps, **decoder_kwargs)
+    chunks, total = [], 0.0
+    for i in range(codes.shape[0]):
+        with flop_counter() as counter:
+            out = stream.push(codes[i : i + 1])
+        total += counter.get_total_flops() / 1e9
+        if out.numel():
+            chunks.append(counter.get_total_flops() / 1e9)
+    with flop_counter() as counter:
+        stream.finish()
+    return chunks, total + counter.get_total_flops() / 1e9
+
+
+def one_shot_flops(model, codes, noise, steps) -> float:
+    """GFLOP of the one-shot decode."""
+    with flop_counter() as counter:
+        model.decode(codes, noise=noise[..., : 4 * codes.shape[0] - 1], num_steps=steps)
+    return counter.get_total_flops() / 1e9
+
+
+def flop_summary(chunks: list[float], total: float, one_shot: float) -> dict:
+    """The FLOP counterparts of :func:`summarise`'s ratios."""
+    return {
+        "chunk_gflop": [round(c, 2) for c in chunks],
+        "flops_last_over_first_chunk": round(chunks[-1] / chunks[0], 3),
+        "flops_last_over_second_chunk": round(chunks[-1] / chunks[1], 3) if len(chunks) > 2 else None,
+        "stream_gflop": round(total, 2),
+        "one_shot_gflop": round(one_shot, 2),
+        "stream_over_one_shot_flops": round(total / one_shot, 3),
+    }
 
 
 @contextlib.contextmanager
@@ -129,6 +171,7 @@ def main() -> None:
     parser.add_argument("--first-chunk-frames", type=int, default=None, help="also time a provisional first chunk")
     parser.add_argument("--reference", action="store_true", help="also time the prefix re-decode reference path")
     parser.add_argument("--state-pool", action="store_true", help="also time a stream on a filled state pool")
+    parser.add_argument("--flops", action="store_true", help="also count the work of each chunk (untimed runs)")
     parser.add_argument(
         "--left-chunks", type=int, nargs="*", default=[], help="also time num_decoding_left_chunks = N (per N)"
     )
@@ -198,6 +241,15 @@ def main() -> None:
                         seconds_taken, mels[(seconds, left)] = one_shot_time(model, codes, noise, args.steps, device)
                     one_shot[(seconds, left)].append(seconds_taken)
                 print(f"  repeat {repeat + 1}/{args.repeats}: {seconds:g} s phrase done", flush=True)
+        flops = {}
+        counted = [name for name in variants if name not in ("warm_pool", "reference")] if args.flops else []
+        for seconds, codes, noise, _ in phrases:
+            for name in counted:
+                kwargs, left = variants[name]
+                with left_chunks(model, left):
+                    chunks, total = stream_flops(model, codes, noise, args.steps, **kwargs)
+                    one_shot_work = one_shot_flops(model, codes, noise, args.steps)
+                flops[(seconds, name)] = flop_summary(chunks, total, one_shot_work)
 
     result = {
         "benchmark": "code2wav_streaming",
@@ -224,6 +276,7 @@ def main() -> None:
         for name, (_, left) in variants.items():
             own_s = min(one_shot[(seconds, left)])
             entry[name] = summarise(runs[(seconds, name)], rate, audio_seconds, own_s)
+            entry[name].update(flops.get((seconds, name), {}))
             if left != default_left:
                 error = mels[(seconds, left)] - exact
                 entry[name].update(
@@ -243,6 +296,11 @@ def main() -> None:
                 f"{r['last_over_first_chunk']}, max/first {r['max_over_first_chunk']}; stream {r['stream_seconds']} s"
                 f" (RTF {r['stream_rtf']}) = {r['stream_over_one_shot']}x one-shot {own_s:.3f} s{error}"
             )
+            if "chunk_gflop" in r:
+                print(
+                    f"{'':9s}{'':17s}  work: chunks {r['chunk_gflop']} GFLOP; last/first {r['flops_last_over_first_chunk']}"
+                    f"; stream {r['stream_gflop']} = {r['stream_over_one_shot_flops']}x one-shot {r['one_shot_gflop']} GFLOP"
+                )
     print(json.dumps(result))
 
 
