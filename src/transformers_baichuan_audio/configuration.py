@@ -333,7 +333,7 @@ class BaichuanAudioFlowMatchingConfig(PreTrainedConfig):
             AVX512-BF16 and on GPUs, with a mel error of about 1e-2; see ``benchmarks/bench_code2wav.py``). Not on a
             CPU without native bf16 (AVX2 only): there torch's bf16 products are far slower than fp32 (measured on
             an AMD EPYC Zen 3, 2 threads: a 2048 x 2048 bf16 matmul at 0.3 GFLOP/s against 169 in fp32, a 3.2 s
-            decode 39.0 s against 5.6 s). Not a field of the original.
+            decode 39.0 s against 5.6 s; the estimator warns once on such a CPU). Not a field of the original.
         num_decoding_left_chunks: how many earlier ``static_chunk_size`` chunks a U-Net attention chunk sees (the
             ``num_decoding_left_chunks`` of CosyVoice's chunk mask): ``-1`` (default, the original) every earlier
             chunk, so the attention work of a chunk grows with the phrase; ``n >= 0`` only the ``n`` before it, a

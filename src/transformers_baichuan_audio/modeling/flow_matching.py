@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .layers import (
     BaichuanRMSNorm,
@@ -39,6 +40,8 @@ from .layers import (
     eager_attention_forward,
 )
 from .streaming_state import StreamingCache
+
+logger = logging.get_logger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------- prenet
 
@@ -317,6 +320,27 @@ class BaichuanAudioUNetStage(nn.Module):
         return self.sampler(x) if cache is None else self.sampler(x, cache)
 
 
+#: CPU capabilities (``torch.backends.cpu.get_cpu_capability()``) whose half-precision products torch runs far
+#: slower than fp32: without AVX-512 there is no native bf16 / fp16 arithmetic (measured on an AVX2-only AMD EPYC
+#: Zen 3, 2 threads: 2048 x 2048 bf16 matmul 0.3 GFLOP/s against 169 in fp32; a real-size 3.2 s code2wav decode with
+#: ``compute_dtype="bfloat16"`` 39.0 s against 5.56 s).
+SLOW_HALF_PRECISION_CPU_CAPABILITIES = ("DEFAULT", "NO AVX", "AVX2")
+
+
+def warn_if_slow_on_this_cpu(compute_dtype: torch.dtype) -> bool:
+    """Warn (once per process) that a half-precision ``compute_dtype`` makes the CPU estimator slower, not faster,
+    on a CPU without AVX-512 (:data:`SLOW_HALF_PRECISION_CPU_CAPABILITIES`). Returns whether this CPU is one."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    slow = capability in SLOW_HALF_PRECISION_CPU_CAPABILITIES
+    if slow:
+        logger.warning_once(
+            f"flow_matching_config.compute_dtype={str(compute_dtype).removeprefix('torch.')!r} on a CPU without "
+            f"AVX-512 ({capability}): torch's {compute_dtype} products are far slower than fp32 here (a real-size "
+            "decode took about 7x longer); set compute_dtype=None on this machine"
+        )
+    return slow
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
     """Sinusoidal embedding of the flow time ``t`` (scalar or (B,)) -> (B, dim): ``[sin | cos]`` of ``scale * t``."""
     if t.ndim < 1:
@@ -419,7 +443,10 @@ class BaichuanAudioFlowEstimator(nn.Module):
         compute_dtype = getattr(torch, compute_dtype) if compute_dtype else weight.dtype
         if compute_dtype == weight.dtype:
             return contextlib.nullcontext()
-        return torch.autocast((device or weight.device).type, dtype=compute_dtype)
+        device_type = (device or weight.device).type
+        if device_type == "cpu":
+            warn_if_slow_on_this_cpu(compute_dtype)
+        return torch.autocast(device_type, dtype=compute_dtype)
 
     def estimate(self, x, mask, mu, t, cache=None) -> torch.Tensor:
         """:meth:`forward` in the weights' dtype (or under the caller's autocast)."""
