@@ -335,7 +335,7 @@ def warn_if_slow_on_this_cpu(compute_dtype: torch.dtype) -> bool:
     if slow:
         logger.warning_once(
             f"flow_matching_config.compute_dtype={str(compute_dtype).removeprefix('torch.')!r} on a CPU without "
-            f"AVX-512 ({capability}): torch's {compute_dtype} products are far slower than fp32 here (a real-size "
+            f"AVX-512 ({capability}): torch's {compute_dtype} products are far slower than fp32 here (a real-size bf16 "
             "decode took about 7x longer); set compute_dtype=None on this machine"
         )
     return slow
