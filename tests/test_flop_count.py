@@ -45,7 +45,7 @@ def torch_count(fn) -> int:
 @pytest.mark.parametrize(
     ("q_shape", "kv_shape", "value_dim"),
     [((2, 8, 100, 64), (2, 8, 300, 64), 64), ((3, 7, 64), (3, 5, 64), 32), ((1, 4, 1, 16), (1, 4, 9, 16), 8)],
-    ids=["4d", "3d-math-fallback", "one-query"],
+    ids=["4d", "3d-math-fallback", "one-query-narrow-value-math-fallback"],
 )
 def test_sdpa_is_counted_as_its_matmuls(flop_count, q_shape, kv_shape, value_dim):
     g = torch.Generator().manual_seed(0)
@@ -53,8 +53,8 @@ def test_sdpa_is_counted_as_its_matmuls(flop_count, q_shape, kv_shape, value_dim
     value = torch.randn((*kv_shape[:-1], value_dim), generator=g)
     mask = torch.rand((q_shape[-2], kv_shape[-2]), generator=g) > 0.3
     mask[:, 0] = True
-    # torch counts 0 for the 4-D calls (the CPU flash kernel) and the matmuls of the 3-D one (its math fallback):
-    # the helper adds the first and must not count the second twice.
+    # torch counts 0 for the "4d" call (the CPU flash kernel) and the matmuls of the others (its math fallback: 3-D
+    # inputs, a value width unlike the query's): the helper adds the first and must not count the others twice.
     expected = torch_count(lambda: matmul_attention(query, key, value))
     assert expected > 0
     with flop_count.flop_counter() as counter:
