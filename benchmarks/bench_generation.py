@@ -51,7 +51,8 @@ Measured (``--dtype`` fp32 / bf16 for the LLM and the audio head; code2wav runs 
 Decoding paths: ``--cache static`` preallocates the LLM cache (``StaticCache``); ``--compile`` (implies the static
 cache) compiles the single-token LLM steps and the audio head's positions (see
 ``transformers_baichuan_audio.modeling.decode_steps``): on CUDA with ``CompileConfig()`` (CUDA graphs), on CPU with
-inductor, frozen weights and its own C++ GEMV (``max_autotune`` with the ``CPP`` GEMM backend). Compilation happens
+plain inductor (``CompileConfig(dynamic=False, mode=None)``: the decode layout's row blocks compile to inductor's
+own C++ GEMV loops). Compilation happens
 in the warm-up call (``warmup_s``); the eager loop's frames/s is measured first in the same process
 (``eager_audio_frames_per_s``, ``speedup_vs_eager``).
 
@@ -232,12 +233,12 @@ DECODE_KWARGS: dict = {}
 
 
 def compile_config_for(device: str) -> CompileConfig:
-    """CUDA: transformers' default (``mode="reduce-overhead"``: CUDA graphs). CPU: inductor with frozen weights and
-    its C++ GEMM template (multi-threaded GEMV; MKL's batch-1 GEMV runs on one thread)."""
+    """CUDA: transformers' default (``mode="reduce-overhead"``: CUDA graphs). CPU: plain inductor, fixed shapes
+    (the decode layout's row blocks become inductor's own multi-threaded GEMV loops; see
+    ``transformers_baichuan_audio.modeling.decode_layout``)."""
     if device.startswith("cuda"):
         return CompileConfig(dynamic=False)
-    options = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
-    return CompileConfig(dynamic=False, mode=None, options=options)
+    return CompileConfig(dynamic=False, mode=None)
 
 
 def tts_kwargs(frames: int) -> dict:

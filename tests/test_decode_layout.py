@@ -4,7 +4,9 @@ Independent expectations: :func:`blocked_linear` equals ``F.linear`` (the same d
 summation order differs: float32 rounding of sums of at most a few hundred terms of size ~1 is ~1e-6, so 1e-5);
 the layout leaves every parameter as it was (same object, same storage, same values) and routes exactly the calls
 its rule names through the blocks (counted); generation with it gives the same tokens and codes as without
-(greedy) and logits equal to 1e-5; a saved model loads back equal.
+(greedy) and logits equal to 1e-5; a saved model loads back equal. Under ``torch.compile`` the layer's graph holds
+the products as row blocks and, before narrowing projections only, the opaque copy (read from the graph dynamo
+hands its backend).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioFor
 from transformers_baichuan_audio.modeling.decode_layout import (
     apply_decode_layout,
     blocked_linear,
+    compiled_blocked_linear,
     has_decode_layout,
     remove_decode_layout,
     wants_decode_layout,
@@ -177,3 +180,58 @@ def test_when_generate_applies_it():
     assert wants_decode_layout(model, True)
     with pytest.raises(TypeError, match="decode_layout"):
         wants_decode_layout(model, "yes")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 24), (3, 24), (24,)])
+@pytest.mark.parametrize("out_features", [37, 11])  # widening and narrowing (the materialized input)
+@pytest.mark.parametrize("bias", [True, False])
+def test_compiled_blocked_linear_equals_f_linear(shape, out_features, bias):
+    torch.manual_seed(out_features)
+    weight = torch.randn(out_features, 24)
+    b = torch.randn(out_features) if bias else None
+    x = torch.randn(shape)
+    expected = F.linear(x, weight, b)
+    out = compiled_blocked_linear(x, weight, b, 2)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert torch.equal(decode_layout.materialize(x), x)
+
+
+def _graph_of(module: nn.Module, x: torch.Tensor):
+    """The FX graph dynamo captures for ``module(x)`` (run as captured, without a compiler) and its output."""
+    graphs = []
+
+    def recording(graph_module, example_inputs):
+        graphs.append(graph_module.graph)
+        return graph_module.forward
+
+    torch.compiler.reset()
+    out = torch.compile(module, backend=recording, fullgraph=True, dynamic=False)(x)
+    assert len(graphs) == 1
+    return graphs[0], out
+
+
+def test_compiled_decode_forward_graph(two_threads):
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.audio_head = nn.Sequential(nn.Linear(16, 48), nn.GELU(), nn.Linear(48, 16, bias=False))
+    assert apply_decode_layout(holder) == 2
+    x = torch.randn(1, 16)
+    expected = F.linear(
+        F.gelu(F.linear(x, holder.audio_head[0].weight, holder.audio_head[0].bias)), holder.audio_head[2].weight
+    )
+
+    def targets(graph):
+        return [str(node.target) for node in graph.nodes if node.op == "call_function"]
+
+    with torch.no_grad():
+        graph, out = _graph_of(holder.audio_head, x)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+        found = targets(graph)
+        assert sum("baichuan_audio.materialize" in t for t in found) == 1  # the 48 -> 16 projection only
+        assert sum("bmm" in t for t in found) == 2 and not any("linear" in t for t in found)
+        torch.set_num_threads(1)  # one thread: no blocks, F.linear (a new graph: the block count is guarded)
+        graph, out = _graph_of(holder.audio_head, x)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+        found = targets(graph)
+        assert sum("linear" in t for t in found) == 2 and not any("bmm" in t or "materialize" in t for t in found)

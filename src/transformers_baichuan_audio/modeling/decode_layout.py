@@ -29,6 +29,18 @@ their storage, values and Parameter identities (a tied LM head stays tied; optim
 ``save_pretrained`` see the usual tensors). The number of blocks is ``torch.get_num_threads()`` at call time (a
 remainder of ``out_features % blocks`` rows goes through ``F.linear``).
 
+Inside ``torch.compile`` (the compiled decode steps, :mod:`.decode_steps`) the same rule picks the same row blocks,
+written for inductor (:func:`compiled_blocked_linear`), which turns a batch-1 ``bmm`` into its own fused,
+multi-threaded C++ reduction loops. Two details make those loops stream the weights: the bias is added after the
+products (``baddbmm`` with a bias stays an external call, ~3.5 GB/s in the graph), and the input of a narrowing
+projection (``in_features > out_features``: an MLP's down projection) first goes through :func:`materialize`, an
+opaque copy, because inductor otherwise inlines the producer (the audio head's erf GELU) into the reduction loop and
+recomputes it once per output row. Measured on a 2-core AMD EPYC (Zen 3, AVX2) VM, fp32, 2 threads, plain inductor
+(``CompileConfig(dynamic=False, mode=None)``), one run each: isolated decode GEMVs 31-34 GB/s against 25-29 for the
+eager blocks and 17-20 for ``F.linear`` (35 GB/s summing bandwidth); the real-size audio head 2.9-3.9 ms per
+codebook position compiled against 4.3-4.6 eager (5.5 ms compiled without the copy). The number of blocks is the
+thread count when the graph is traced (a guarded constant: another thread count traces another graph).
+
 ``generate`` applies it by default when the model decodes on a CPU in eval mode (``decode_layout=None``: auto);
 ``decode_layout=False`` leaves the model as it is; GPUs are left alone (their GEMV kernels use the whole chip).
 """
@@ -70,12 +82,40 @@ def blocked_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return out.reshape(*input.shape[:-1], out_features)
 
 
+@torch.library.custom_op("baichuan_audio::materialize", mutates_args=())
+def materialize(x: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` that ``torch.compile`` cannot fuse into its consumer (an opaque op: the producer's result is
+    written to memory once). Used on the input of the narrowing projections under compile; see the module docstring."""
+    return x.clone()
+
+
+@materialize.register_fake
+def _materialize_fake(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@torch.compiler.assume_constant_result
+def _block_count() -> int:
+    """The thread count, as a constant of a compiled graph (dynamo guards it: other threads, another graph)."""
+    return torch.get_num_threads()
+
+
+def compiled_blocked_linear(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int
+) -> torch.Tensor:
+    """:func:`blocked_linear` written for inductor (see the module docstring): the bias added after the products,
+    and the input of a narrowing projection (``in_features > out_features``) materialized first."""
+    if weight.shape[1] > weight.shape[0]:
+        input = torch.ops.baichuan_audio.materialize(input)
+    out = blocked_linear(input, weight, None, blocks)
+    return out if bias is None else out + bias
+
+
 def _decode_forward(self: nn.Linear, input: torch.Tensor) -> torch.Tensor:
-    """The forward :func:`apply_decode_layout` installs: row blocks for a few fp32 rows on a CPU without gradients,
-    else ``F.linear`` (also inside ``torch.compile``, which has its own GEMV code)."""
-    if torch.compiler.is_compiling():
-        return F.linear(input, self.weight, self.bias)
-    weight, blocks = self.weight, torch.get_num_threads()
+    """The forward :func:`apply_decode_layout` installs: row blocks for a few fp32 rows on a CPU without gradients
+    (:func:`compiled_blocked_linear` inside ``torch.compile``), else ``F.linear``."""
+    weight = self.weight
+    blocks = _block_count() if torch.compiler.is_compiling() else torch.get_num_threads()
     if (
         blocks < 2
         or self.out_features < blocks
@@ -88,6 +128,8 @@ def _decode_forward(self: nn.Linear, input: torch.Tensor) -> torch.Tensor:
         or (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))
     ):
         return F.linear(input, weight, self.bias)
+    if torch.compiler.is_compiling():
+        return compiled_blocked_linear(input, weight, self.bias, blocks)
     return blocked_linear(input, weight, self.bias, blocks)
 
 
@@ -149,7 +191,9 @@ __all__ = [
     "MAX_BLOCK_ROWS",
     "apply_decode_layout",
     "blocked_linear",
+    "compiled_blocked_linear",
     "has_decode_layout",
+    "materialize",
     "remove_decode_layout",
     "wants_decode_layout",
 ]

@@ -13,10 +13,10 @@ decode steps) and, for the rows in an audio phase, ONE audio frame (8 incrementa
 
 Unlike transformers' text ``generate``, compilation is never switched on implicitly: pass ``compile_config`` (a
 :class:`transformers.CompileConfig`) to ``generate(..., output_audio=True, cache_implementation="static")``, on any
-device. ``CompileConfig()`` (``mode="reduce-overhead"``) is the CUDA-graph setting for GPUs; on CPUs use
-``CompileConfig(mode=None, options={"freezing": True, "max_autotune": True, "max_autotune_gemm_backends":
-"CPP,ATEN"})`` (inductor's own multi-threaded GEMV; weights are frozen into the graphs, so recompile after changing
-them). The compiled functions are kept on their modules (as ``get_compiled_call`` does), one per config, and
+device. ``CompileConfig()`` (``mode="reduce-overhead"``) is the CUDA-graph setting for GPUs; on CPUs use plain
+inductor, ``CompileConfig(dynamic=False, mode=None)``: the CPU decode layout's row blocks compile to inductor's own
+multi-threaded GEMV loops (:mod:`.decode_layout`). Inductor's ``freezing`` option (weights baked into the graphs;
+recompile after changing them) also works with these caches. The compiled functions are kept on their modules (as ``get_compiled_call`` does), one per config, and
 reused by later calls; the caches are still made per call (no generation state on the model). A compiled call runs
 under ``torch.inference_mode()`` whatever the caller's mode (graphs are guarded on the per-thread grad mode), so
 its returned cache is made of inference tensors: continue it with another compiled call.
