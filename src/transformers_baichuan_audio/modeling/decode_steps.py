@@ -16,7 +16,9 @@ Unlike transformers' text ``generate``, compilation is never switched on implici
 device. ``CompileConfig()`` (``mode="reduce-overhead"``) is the CUDA-graph setting for GPUs; on CPUs use plain
 inductor, ``CompileConfig(dynamic=False, mode=None)``: the CPU decode layout's row blocks compile to inductor's own
 multi-threaded GEMV loops (:mod:`.decode_layout`). Inductor's ``freezing`` option (weights baked into the graphs;
-recompile after changing them) also works with these caches. The compiled functions are kept on their modules (as ``get_compiled_call`` does), one per config, and
+recompile after changing them) also works with these caches. A language model on ``sdpa`` is switched to
+:mod:`.decode_attention`'s grouped single-token attention (the same numbers; no copy of the static cache per
+step). The compiled functions are kept on their modules (as ``get_compiled_call`` does), one per config, and
 reused by later calls; the caches are still made per call (no generation state on the model). A compiled call runs
 under ``torch.inference_mode()`` whatever the caller's mode (graphs are guarded on the per-thread grad mode), so
 its returned cache is made of inference tensors: continue it with another compiled call.
@@ -35,6 +37,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.utils import logging
 
 from .compile_settings import compile_settings, drop_static_input_mark, recompile_limit
+from .decode_attention import use_grouped_decode_attention
 
 logger = logging.get_logger(__name__)
 
@@ -94,6 +97,8 @@ class SpeechDecodeSteps:
                 lm = model.model.language_model
                 cache.early_initialization(batch_size, text_config.num_key_value_heads, head_dim, lm.dtype, lm.device)
             self._prepare_cache(cache)
+            # sdpa would copy the whole static cache per layer and step under compile (repeat_kv); see the module.
+            use_grouped_decode_attention(model.model.language_model)
             self._compiled_llm = compiled_function(model.model.language_model, "__call__", compile_config)
             self._compiled_head_step = compiled_function(model.audio_head, "forward_position", compile_config)
             self._static_len = int(cache.get_max_length())

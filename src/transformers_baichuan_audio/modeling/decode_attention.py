@@ -1,0 +1,79 @@
+"""Grouped-query attention of single-token decode steps without copying the KV cache, also inside ``torch.compile``.
+
+The LLM (Qwen2) has fewer key/value heads than query heads (0.5B: 14 query heads on 2 KV heads; 7B: 28 on 4). For a
+masked attention transformers' ``sdpa`` repeats every KV head for its query heads (``repeat_kv``), a copy of the
+whole cache per layer and step; eagerly, a single query token is packed instead (the query heads of one KV head as
+that head's query rows, ``pack_gqa``), but not while ``torch.compile`` traces. With a static cache (the compiled
+decode steps) every step then copies the whole preallocated length: measured on a 2-core AMD EPYC (Zen 3, AVX2) VM,
+fp32, 2 threads, 6 Qwen2.5-0.5B-shaped layers, one compiled step: 10.8 ms with a 128-position static cache, 33.2 ms
+with 4096 positions (eager 19.3 ms), 13.4 ms with 4096 positions packed as here.
+
+:func:`grouped_decode_sdpa` (registered with ``transformers.AttentionInterface`` and ``AttentionMaskInterface`` as
+:data:`GROUPED_DECODE_SDPA`, with ``sdpa``'s masks) packs a single query token under compile too, and hands every other
+call (several query tokens, no grouping, a per-head mask, dropout, ``output_attentions``) to the registered ``sdpa``
+function unchanged. The same products in another grouping: results equal ``sdpa``'s up to float rounding.
+:func:`use_grouped_decode_attention` switches a model that uses ``sdpa`` to it (the compiled decode steps do;
+``save_pretrained`` does not write the implementation to ``config.json``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+#: The name :func:`grouped_decode_sdpa` is registered under.
+GROUPED_DECODE_SDPA = "baichuan_audio_grouped_sdpa"
+
+
+def grouped_decode_sdpa(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature (``query`` (B, H, q, D), ``key`` / ``value`` (B, H_kv, K, D)):
+    returns (B, q, H, D) and no weights. One query token with grouped KV heads and a mask shared by all heads: one
+    ``scaled_dot_product_attention`` over the KV heads, each with its query heads as rows; else ``sdpa``."""
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    if (
+        length != 1
+        or kv_heads == heads
+        or heads % kv_heads
+        or (attention_mask is not None and (attention_mask.dim() != 4 or attention_mask.shape[1] != 1))
+        or dropout
+        or kwargs.get("output_attentions")
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("softcap") is not None
+    ):
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
+
+
+AttentionInterface.register(GROUPED_DECODE_SDPA, grouped_decode_sdpa)
+AttentionMaskInterface.register(GROUPED_DECODE_SDPA, sdpa_mask)
+
+
+def use_grouped_decode_attention(model) -> bool:
+    """Switch ``model`` (a transformers model, e.g. the LLM) from ``sdpa`` to :data:`GROUPED_DECODE_SDPA` with its
+    public ``set_attn_implementation``. Other implementations are left as they are. Returns whether it uses it now."""
+    implementation = model.config._attn_implementation
+    if implementation == "sdpa":
+        model.set_attn_implementation(GROUPED_DECODE_SDPA)
+        implementation = model.config._attn_implementation
+    return implementation == GROUPED_DECODE_SDPA
+
+
+__all__ = ["GROUPED_DECODE_SDPA", "grouped_decode_sdpa", "use_grouped_decode_attention"]

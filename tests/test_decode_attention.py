@@ -1,0 +1,117 @@
+"""The grouped single-token attention of the compiled decode steps (``modeling/decode_attention.py``).
+
+Independent expectations: transformers' own ``sdpa`` attention (the same dot products in another grouping: fp32
+rounding of sums of at most 64 terms of size ~1, so 1e-5); calls it does not handle go to ``sdpa`` itself (bitwise
+equal); under ``torch.compile`` the captured graph holds no key/value tensor with one head per query head (the copy
+of the static cache that ``sdpa``'s ``repeat_kv`` makes, which the same check finds with plain ``sdpa``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, Qwen2Config, StaticCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from transformers_baichuan_audio.modeling.decode_attention import (
+    GROUPED_DECODE_SDPA,
+    grouped_decode_sdpa,
+    use_grouped_decode_attention,
+)
+
+HEADS, KV_HEADS, HEAD_DIM, CACHE_LEN = 6, 2, 8, 40
+
+
+class _Attention(torch.nn.Module):
+    num_key_value_groups = HEADS // KV_HEADS
+    is_causal = True
+
+
+def _inputs(length: int, mask_heads: int = 1, batch: int = 2):
+    torch.manual_seed(length)
+    query = torch.randn(batch, HEADS, length, HEAD_DIM)
+    key, value = torch.randn(2, batch, KV_HEADS, CACHE_LEN, HEAD_DIM)
+    mask = torch.ones(batch, mask_heads, length, CACHE_LEN, dtype=torch.bool)
+    mask[0, ..., 25:] = False  # row 0: a shorter filled prefix of the static cache
+    mask[1, ..., :3] = False  # row 1: left padding
+    return query, key, value, mask
+
+
+def test_single_token_equals_sdpa():
+    query, key, value, mask = _inputs(1)
+    got, weights = grouped_decode_sdpa(_Attention(), query, key, value, mask, scaling=0.3)
+    want, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](_Attention(), query, key, value, mask, scaling=0.3)
+    assert weights is None and got.shape == want.shape == (2, 1, HEADS, HEAD_DIM)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("length, mask_heads", [(3, 1), (1, HEADS)])  # several tokens; a per-head mask
+def test_other_calls_are_sdpas(length, mask_heads):
+    query, key, value, mask = _inputs(length, mask_heads)
+    got, _ = grouped_decode_sdpa(_Attention(), query, key, value, mask, scaling=0.3)
+    want, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](_Attention(), query, key, value, mask, scaling=0.3)
+    assert torch.equal(got, want)
+
+
+def _llm(implementation: str):
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        hidden_size=HEADS * HEAD_DIM,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        vocab_size=50,
+    )
+    llm = AutoModel.from_config(config, attn_implementation="sdpa").eval()
+    if implementation != "sdpa":
+        assert use_grouped_decode_attention(llm)
+        assert llm.config._attn_implementation == GROUPED_DECODE_SDPA
+    return llm
+
+
+def _compiled_decode_step(llm):
+    """One single-token step on a static cache through ``torch.compile`` (run as captured); its output and the
+    shapes of the tensors in the captured graph."""
+    cache = StaticCache(config=llm.config, max_cache_len=CACHE_LEN)
+    mask = torch.zeros(1, CACHE_LEN, dtype=torch.long)
+    mask[:, :9] = 1
+    shapes = []
+
+    def recording(graph_module, example_inputs):
+        for node in graph_module.graph.nodes:
+            value = node.meta.get("example_value")
+            if isinstance(value, torch.Tensor):
+                shapes.append(tuple(value.shape))
+        return graph_module.forward
+
+    def step(embeds):
+        out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=torch.tensor([[8]]), cache=cache)
+        return out.last_hidden_state
+
+    torch.compiler.reset()
+    with torch.inference_mode():
+        torch.manual_seed(1)
+        llm(inputs_embeds=torch.randn(1, 8, HEADS * HEAD_DIM), attention_mask=mask[:, :8], cache=cache)
+        out = torch.compile(step, backend=recording, fullgraph=True, dynamic=False)(torch.randn(1, 1, HEADS * HEAD_DIM))
+    return out, shapes
+
+
+def test_compiled_step_copies_no_cache():
+    repeated = (1, HEADS, CACHE_LEN, HEAD_DIM)  # the keys / values of repeat_kv
+    plain, plain_shapes = _compiled_decode_step(_llm("sdpa"))
+    assert repeated in plain_shapes  # the check finds sdpa's copy
+    grouped, grouped_shapes = _compiled_decode_step(_llm(GROUPED_DECODE_SDPA))
+    assert repeated not in grouped_shapes
+    torch.testing.assert_close(grouped, plain, atol=1e-5, rtol=0)
+
+
+def test_other_implementations_are_kept(tmp_path):
+    llm = _llm("sdpa")
+    llm.set_attn_implementation("eager")
+    assert not use_grouped_decode_attention(llm)
+    assert llm.config._attn_implementation == "eager"
+    llm = _llm(GROUPED_DECODE_SDPA)
+    assert use_grouped_decode_attention(llm)  # idempotent
+    llm.config.save_pretrained(tmp_path)
+    assert GROUPED_DECODE_SDPA not in (tmp_path / "config.json").read_text()
