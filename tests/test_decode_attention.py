@@ -113,5 +113,6 @@ def test_other_implementations_are_kept(tmp_path):
     assert llm.config._attn_implementation == "eager"
     llm = _llm(GROUPED_DECODE_SDPA)
     assert use_grouped_decode_attention(llm)  # idempotent
+    assert not use_grouped_decode_attention(torch.nn.Linear(2, 2))  # not a transformers model: nothing to switch
     llm.config.save_pretrained(tmp_path)
     assert GROUPED_DECODE_SDPA not in (tmp_path / "config.json").read_text()

@@ -68,9 +68,11 @@ AttentionMaskInterface.register(GROUPED_DECODE_SDPA, sdpa_mask)
 
 def use_grouped_decode_attention(model) -> bool:
     """Switch ``model`` (a transformers model, e.g. the LLM) from ``sdpa`` to :data:`GROUPED_DECODE_SDPA` with its
-    public ``set_attn_implementation``. Other implementations are left as they are. Returns whether it uses it now."""
-    implementation = model.config._attn_implementation
-    if implementation == "sdpa":
+    public ``set_attn_implementation``. Other implementations, and modules without that method, are left as they
+    are. Returns whether it uses it now."""
+    config = getattr(model, "config", None)
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation == "sdpa" and callable(getattr(model, "set_attn_implementation", None)):
         model.set_attn_implementation(GROUPED_DECODE_SDPA)
         implementation = model.config._attn_implementation
     return implementation == GROUPED_DECODE_SDPA
