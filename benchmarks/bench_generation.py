@@ -288,7 +288,7 @@ def eager_decoding():
 def bench_audio_runs(model, config, args, frames) -> tuple[dict, dict]:
     """``--audio-repeats`` audio runs of the configured path, each between two bandwidth probes and, with
     ``--compile``, right after an eager run (the baseline, alternating). Returns the best run (:func:`bench_audio`'s
-    keys) with every run's frames/s, the larger of its two adjacent probes and its fraction of it (``*_all``), and the
+    keys) with the larger of its two adjacent probes, every run's frames/s and larger probe (``*_all``), and the
     eager baseline (best, ``*_all``; empty without ``--compile``)."""
     runs, eager_rates, adjacent = [], [], []
     for _ in range(args.audio_repeats):
@@ -305,16 +305,13 @@ def bench_audio_runs(model, config, args, frames) -> tuple[dict, dict]:
         print(
             f"audio: {rate:.2f} frames/s, RTF {runs[-1]['rtf']:.3f} (adjacent bandwidth {adjacent[-1] / 1e9:.1f} GB/s)"
         )
-    weights = weight_bytes_per_frame(model)
     rates = [run["audio_frames_per_s"] for run in runs]
-    fractions = [rate * weights / bw for rate, bw in zip(rates, adjacent, strict=True)]
     best = max(range(len(runs)), key=rates.__getitem__)
     audio = {
         **runs[best],
+        "adjacent_bandwidth_bytes_per_s": adjacent[best],
         "audio_frames_per_s_all": rates,
         "adjacent_bandwidth_bytes_per_s_all": adjacent,
-        "adjacent_roofline_fraction_all": fractions,
-        "adjacent_roofline_fraction": fractions[best],
     }
     baseline = {}
     if eager_rates:
@@ -761,6 +758,13 @@ def main() -> None:
         "achieved_bytes_per_s": achieved,
         "bandwidth_bytes_per_s": bandwidth,
         "roofline_fraction": achieved / bandwidth,
+        "adjacent_roofline_fraction": achieved / audio["adjacent_bandwidth_bytes_per_s"],
+        "adjacent_roofline_fraction_all": [
+            rate * bytes_per_frame / probe
+            for rate, probe in zip(
+                audio["audio_frames_per_s_all"], audio["adjacent_bandwidth_bytes_per_s_all"], strict=True
+            )
+        ],
         "gemv_bandwidth_bytes_per_s": gemv_bandwidth,
         "gemv_roofline_fraction": achieved / gemv_bandwidth,
         "roofline_frames_per_s": bandwidth / bytes_per_frame,

@@ -114,8 +114,8 @@ def compiled_blocked_linear(
 def _decode_forward(self: nn.Linear, input: torch.Tensor) -> torch.Tensor:
     """The forward :func:`apply_decode_layout` installs: row blocks for a few fp32 rows on a CPU without gradients
     (:func:`compiled_blocked_linear` inside ``torch.compile``), else ``F.linear``."""
-    weight = self.weight
-    blocks = _block_count() if torch.compiler.is_compiling() else torch.get_num_threads()
+    weight, compiling = self.weight, torch.compiler.is_compiling()
+    blocks = _block_count() if compiling else torch.get_num_threads()
     if (
         blocks < 2
         or self.out_features < blocks
@@ -128,7 +128,7 @@ def _decode_forward(self: nn.Linear, input: torch.Tensor) -> torch.Tensor:
         or (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))
     ):
         return F.linear(input, weight, self.bias)
-    if torch.compiler.is_compiling():
+    if compiling:
         return compiled_blocked_linear(input, weight, self.bias, blocks)
     return blocked_linear(input, weight, self.bias, blocks)
 

@@ -89,17 +89,17 @@ class SpeechDecodeSteps:
         self._head_caches: dict[int, Cache] = {}
         if compile_config is not None:
             self._freezing = bool((compile_config.options or {}).get("freezing", False))
+            lm = model.model.language_model
             if not cache.is_initialized:
                 text_config = model.config.get_text_config()
                 head_dim = getattr(text_config, "head_dim", None) or (
                     text_config.hidden_size // text_config.num_attention_heads
                 )
-                lm = model.model.language_model
                 cache.early_initialization(batch_size, text_config.num_key_value_heads, head_dim, lm.dtype, lm.device)
             self._prepare_cache(cache)
             # sdpa would copy the whole static cache per layer and step under compile (repeat_kv); see the module.
-            use_grouped_decode_attention(model.model.language_model)
-            self._compiled_llm = compiled_function(model.model.language_model, "__call__", compile_config)
+            use_grouped_decode_attention(lm)
+            self._compiled_llm = compiled_function(lm, "__call__", compile_config)
             self._compiled_head_step = compiled_function(model.audio_head, "forward_position", compile_config)
             self._static_len = int(cache.get_max_length())
             # One graph per codebook position (and batch size): raise dynamo's per-function limit to fit them.
