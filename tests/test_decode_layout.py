@@ -6,7 +6,8 @@ the layout leaves every parameter as it was (same object, same storage, same val
 its rule names through the blocks (counted); generation with it gives the same tokens and codes as without
 (greedy) and logits equal to 1e-5; a saved model loads back equal. Under ``torch.compile`` the layer's graph holds
 the products as row blocks and, before narrowing projections only, the opaque copy (read from the graph dynamo
-hands its backend).
+hands its backend); a single row with more inputs than inductor sums without its cascade is written as chunk sums
+(the fewest equal chunks of at most 4096 terms, checked against the divisors by hand) that equal ``F.linear``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioFor
 from transformers_baichuan_audio.modeling.decode_layout import (
     apply_decode_layout,
     blocked_linear,
+    chunked_linear,
     compiled_blocked_linear,
     has_decode_layout,
     remove_decode_layout,
+    sum_chunks,
     wants_decode_layout,
 )
 
@@ -235,3 +238,66 @@ def test_compiled_decode_forward_graph(two_threads):
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
         found = targets(graph)
         assert sum("linear" in t for t in found) == 2 and not any("bmm" in t or "materialize" in t for t in found)
+
+
+@pytest.mark.parametrize(
+    ("in_features", "chunks"),
+    [
+        (896, 1),  # short enough: no split
+        (4096, 1),  # the cascade starts above 4096 terms
+        (4864, 2),  # Qwen2.5-0.5B's down projection: 2 x 2432
+        (8192, 2),
+        (18944, 8),  # Qwen2.5-7B's: 18944 = 2^9 x 37; 4 chunks would be 4736 > 4096 terms, 8 are 2368
+        (4369, 17),  # 17 x 257: 257 terms is still long enough
+        (4099, 1),  # a prime: only 1-term chunks divide it, so no split
+    ],
+)
+def test_sum_chunks(in_features, chunks):
+    assert sum_chunks(in_features) == chunks
+    if chunks > 1:
+        assert in_features % chunks == 0 and in_features // chunks <= decode_layout.CASCADE_TERMS
+
+
+@pytest.mark.parametrize("shape", [(1, 4864), (4864,), (1, 1, 4864), (3, 4864)])
+def test_chunked_linear_equals_f_linear(shape):
+    torch.manual_seed(1)
+    weight = torch.randn(40, 4864) / 70  # outputs ~1: sums of 4864 terms in another order differ by ~1e-6
+    x = torch.randn(shape)
+    out = chunked_linear(x, weight, 2)
+    expected = F.linear(x, weight)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_compiled_linear_sums_long_rows_in_chunks(two_threads, monkeypatch):
+    """With the cascade threshold at 16 terms, a 48-input projection of one row is three 16-term sums (two ``sum``
+    nodes, no ``bmm``); three rows keep the row blocks."""
+    monkeypatch.setattr(decode_layout, "CASCADE_TERMS", 16)
+    monkeypatch.setattr(decode_layout, "MIN_CHUNK_TERMS", 4)
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.audio_head = nn.Sequential(nn.Linear(48, 8))
+    apply_decode_layout(holder)
+    linear = holder.audio_head[0]
+    with torch.no_grad():
+        for rows, chunked in ((1, True), (3, False)):
+            x = torch.randn(rows, 48)
+            graph, out = _graph_of(holder.audio_head, x)
+            torch.testing.assert_close(out, F.linear(x, linear.weight, linear.bias), atol=1e-5, rtol=0)
+            found = [str(node.target) for node in graph.nodes if node.op == "call_function"]
+            found += [str(node.target) for node in graph.nodes if node.op == "call_method"]
+            assert (found.count("sum") == 2) is chunked
+            assert any("bmm" in t for t in found) is not chunked
+
+
+def test_chunked_linear_under_inductor(two_threads, monkeypatch):
+    """The real inductor backend compiles the chunk sums to the same numbers as ``F.linear`` (1e-5, as above)."""
+    monkeypatch.setattr(decode_layout, "CASCADE_TERMS", 16)
+    monkeypatch.setattr(decode_layout, "MIN_CHUNK_TERMS", 4)
+    torch.manual_seed(2)
+    weight, bias, x = torch.randn(8, 48), torch.randn(8), torch.randn(1, 48)
+    torch.compiler.reset()
+    compiled = torch.compile(compiled_blocked_linear, backend="inductor", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        out = compiled(x, weight, bias, 2)
+    torch.testing.assert_close(out, F.linear(x, weight, bias), atol=1e-5, rtol=0)
