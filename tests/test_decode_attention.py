@@ -3,7 +3,10 @@
 Independent expectations: transformers' own ``sdpa`` attention (the same dot products in another grouping: fp32
 rounding of sums of at most 64 terms of size ~1, so 1e-5); calls it does not handle go to ``sdpa`` itself (bitwise
 equal); under ``torch.compile`` the captured graph holds no key/value tensor with one head per query head (the copy
-of the static cache that ``sdpa``'s ``repeat_kv`` makes, which the same check finds with plain ``sdpa``).
+of the static cache that ``sdpa``'s ``repeat_kv`` makes, which the same check finds with plain ``sdpa``). The
+filled-prefix attention of long static caches equals ``sdpa`` over the whole cache (the keys it leaves out are masked:
+exact zeros in the softmax sums; CPU flash attention picks its key block size by the key count, so the summation
+order may differ: 1e-6 for outputs ~1), and the prefix it reads is counted by hand from the mask.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ import torch
 from transformers import AutoModel, Qwen2Config, StaticCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from transformers_baichuan_audio.modeling import decode_attention
 from transformers_baichuan_audio.modeling.decode_attention import (
+    FILLED_PREFIX_ROUND,
     GROUPED_DECODE_SDPA,
+    filled_length,
+    filled_prefix_sdpa,
     grouped_decode_sdpa,
     use_grouped_decode_attention,
 )
@@ -70,16 +77,17 @@ def _llm(implementation: str):
     return llm
 
 
-def _compiled_decode_step(llm):
+def _compiled_decode_step(llm, with_targets: bool = False):
     """One single-token step on a static cache through ``torch.compile`` (run as captured); its output and the
-    shapes of the tensors in the captured graph."""
+    shapes of the tensors in the captured graph (and the targets of its nodes)."""
     cache = StaticCache(config=llm.config, max_cache_len=CACHE_LEN)
     mask = torch.zeros(1, CACHE_LEN, dtype=torch.long)
     mask[:, :9] = 1
-    shapes = []
+    shapes, targets = [], []
 
     def recording(graph_module, example_inputs):
         for node in graph_module.graph.nodes:
+            targets.append(str(node.target))
             value = node.meta.get("example_value")
             if isinstance(value, torch.Tensor):
                 shapes.append(tuple(value.shape))
@@ -94,7 +102,7 @@ def _compiled_decode_step(llm):
         torch.manual_seed(1)
         llm(inputs_embeds=torch.randn(1, 8, HEADS * HEAD_DIM), attention_mask=mask[:, :8], cache=cache)
         out = torch.compile(step, backend=recording, fullgraph=True, dynamic=False)(torch.randn(1, 1, HEADS * HEAD_DIM))
-    return out, shapes
+    return (out, shapes, targets) if with_targets else (out, shapes)
 
 
 def test_compiled_step_copies_no_cache():
@@ -116,3 +124,45 @@ def test_other_implementations_are_kept(tmp_path):
     assert not use_grouped_decode_attention(torch.nn.Linear(2, 2))  # not a transformers model: nothing to switch
     llm.config.save_pretrained(tmp_path)
     assert GROUPED_DECODE_SDPA not in (tmp_path / "config.json").read_text()
+
+
+@pytest.mark.parametrize(
+    ("keys", "attended", "expected"),
+    [
+        (1000, [(0, 0, 100)], FILLED_PREFIX_ROUND),  # positions 0..99: one block
+        (1000, [(0, 3, 129)], 2 * FILLED_PREFIX_ROUND),  # left padding, last attended 128: two blocks
+        (1000, [(0, 0, 5), (1, 0, 300)], 3 * FILLED_PREFIX_ROUND),  # the longer row counts
+        (1000, [(0, 0, 990)], 1000),  # rounded up past the end: the whole cache
+        (1000, [], 1000),  # nothing attended: the whole cache (sdpa's own result)
+    ],
+)
+def test_filled_length(keys, attended, expected):
+    mask = torch.zeros(2, 1, 1, keys, dtype=torch.bool)
+    for row, start, stop in attended:
+        mask[row, ..., start:stop] = True
+    assert filled_length(mask) == expected
+
+
+def test_filled_prefix_equals_sdpa():
+    torch.manual_seed(3)
+    keys = 3 * FILLED_PREFIX_ROUND + 17
+    query = torch.randn(2, KV_HEADS, HEADS // KV_HEADS, HEAD_DIM)
+    key, value = torch.randn(2, 2, KV_HEADS, keys, HEAD_DIM)
+    mask = torch.zeros(2, 1, 1, keys, dtype=torch.bool)
+    mask[0, ..., :150] = True  # 2 blocks filled
+    mask[1, ..., 4:90] = True  # left padding
+    want = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=0.3)
+    torch.testing.assert_close(filled_prefix_sdpa(query, key, value, mask, 0.3), want, atol=1e-6, rtol=0)
+    op = torch.ops.baichuan_audio.filled_prefix_sdpa(query, key, value, mask, 0.3)
+    torch.testing.assert_close(op, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("min_keys, used", [(CACHE_LEN, True), (CACHE_LEN + 1, False)])
+def test_compiled_step_reads_the_filled_prefix_of_long_caches(monkeypatch, min_keys, used):
+    """From ``FILLED_PREFIX_MIN_KEYS`` static positions on (lowered here to the test's cache length), the compiled step
+    attends through the filled-prefix op; the result is plain sdpa's."""
+    plain, _ = _compiled_decode_step(_llm("sdpa"))
+    monkeypatch.setattr(decode_attention, "FILLED_PREFIX_MIN_KEYS", min_keys)
+    grouped, _, targets = _compiled_decode_step(_llm(GROUPED_DECODE_SDPA), with_targets=True)
+    assert any("filled_prefix_sdpa" in t for t in targets) is used
+    torch.testing.assert_close(grouped, plain, atol=1e-5, rtol=0)
