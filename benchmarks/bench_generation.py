@@ -54,7 +54,8 @@ cache) compiles the single-token LLM steps and the audio head's positions (see
 plain inductor (``CompileConfig(dynamic=False, mode=None)``: the decode layout's row blocks compile to inductor's
 own C++ GEMV loops). Compilation happens in the warm-up call (``warmup_s``); before each compiled audio run the
 eager loop's (dynamic cache) is timed in the same process (``eager_audio_frames_per_s``, ``speedup_vs_eager``:
-best against best; ``speedup_vs_eager_all``: run by run).
+best against best; ``speedup_vs_eager_all``: run by run). ``--inductor-options`` passes inductor options (a JSON
+object, ``CompileConfig.options``), e.g. ``'{"cpp_wrapper": true}'``.
 
 The memory bandwidth is measured before and after all generation runs and around each audio run (``--audio-repeats``
 runs, the best kept); the largest figure is the roofline (``roofline_fraction``). A VM's bandwidth can drift by
@@ -235,13 +236,21 @@ def bench_text(model, config, device, prompt_len, tokens) -> dict:
 DECODE_KWARGS: dict = {}
 
 
-def compile_config_for(device: str) -> CompileConfig:
+def json_object(text: str) -> dict:
+    """argparse type of ``--inductor-options``: a JSON object."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def compile_config_for(device: str, options: dict | None = None) -> CompileConfig:
     """CUDA: transformers' default (``mode="reduce-overhead"``: CUDA graphs). CPU: plain inductor, fixed shapes
     (the decode layout's row blocks become inductor's own multi-threaded GEMV loops; see
-    ``transformers_baichuan_audio.modeling.decode_layout``)."""
+    ``transformers_baichuan_audio.modeling.decode_layout``). ``options``: inductor options (``--inductor-options``)."""
     if device.startswith("cuda"):
-        return CompileConfig(dynamic=False)
-    return CompileConfig(dynamic=False, mode=None)
+        return CompileConfig(dynamic=False, options=options)
+    return CompileConfig(dynamic=False, mode=None, options=options)
 
 
 def tts_kwargs(frames: int) -> dict:
@@ -657,6 +666,12 @@ def main() -> None:
     parser.add_argument("--static-len", type=int, default=512, help="static cache length (positions)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode steps (static cache)")
     parser.add_argument(
+        "--inductor-options",
+        type=json_object,
+        default=None,
+        help="--compile: inductor options, a JSON object (CompileConfig.options), e.g. '{\"cpp_wrapper\": true}'",
+    )
+    parser.add_argument(
         "--audio-repeats", type=int, default=1, help="audio runs (each between bandwidth probes; the best is kept)"
     )
     parser.add_argument("--turn", action="store_true", help="also time to first audio of a whole speech-chat turn")
@@ -688,7 +703,7 @@ def main() -> None:
     if args.compile or args.cache == "static":
         DECODE_KWARGS.update(cache_implementation="static", static_cache_max_len=args.static_len)
     if args.compile:
-        DECODE_KWARGS["compile_config"] = compile_config_for(args.device)
+        DECODE_KWARGS["compile_config"] = compile_config_for(args.device, args.inductor_options)
     if args.size == "real" and not args.device.startswith("cuda"):
         raise SystemExit("--size real needs a GPU")
     cpu = not args.device.startswith("cuda")
@@ -751,6 +766,7 @@ def main() -> None:
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "cache": DECODE_KWARGS.get("cache_implementation", "dynamic"),
         "compiled": args.compile,
+        "inductor_options": args.inductor_options,
         "warmup_s": warmup_s,
         **text,
         **audio,
