@@ -448,6 +448,7 @@ def bench_turn(
     first_chunk_frames: int | None,
     phrase_frames: int = 0,
     decode_priority: str = "inline",
+    state_pool=None,
 ) -> dict:
     """One speech-chat turn through ``SpeechChat.stream_turn``, from the user's clip in hand to the first waveform
     samples the engine yields (the turn is then stopped). Stages, in seconds (they add up to ``first_audio_s``):
@@ -469,7 +470,8 @@ def bench_turn(
 
     ``phrase_frames``: the spoken phrase's length (0: 100 frames past the first chunk, so generation goes on while
     the first chunk is decoded, as in an answer that goes on; a phrase that ends right after the first chunk's
-    frames leaves the cores to the decoder sooner).
+    frames leaves the cores to the decoder sooner). ``state_pool``: the chat's streaming state kept across turns
+    (``--keep-stream-state``; None: a pool per turn).
     """
     from transformers_baichuan_audio.chat import SpeechChat
 
@@ -485,7 +487,14 @@ def bench_turn(
         audio_max_frames=audio_frames,
         max_rounds=1,
     )
-    chat = SpeechChat(model, processor, caps, first_chunk_frames=first_chunk_frames, decode_priority=decode_priority)
+    chat = SpeechChat(
+        model,
+        processor,
+        caps,
+        first_chunk_frames=first_chunk_frames,
+        decode_priority=decode_priority,
+        state_pool=state_pool,
+    )
     clock, encoding, text = TurnClock(), [], []
     tokenizer = model.model.audio_tokenizer
     hooks = [
@@ -563,6 +572,7 @@ def turn_settings(args) -> dict:
         "turn_repeats": args.turn_repeats,
         "turn_phrase_frames": args.turn_phrase_frames,
         "turn_decode_priorities": args.turn_decode_priorities,
+        "turn_keep_stream_state": args.keep_stream_state,
     }
 
 
@@ -570,9 +580,12 @@ def bench_turns(model, processor, args, path: str) -> dict:
     """Warm-up turn, then ``--turn-repeats`` turns per chunk schedule (default, provisional) and decode priority
     (``--turn-decode-priorities``), alternating; figures of the turn with the smallest ``first_audio_s`` per
     schedule and priority, keyed ``turn_<path>_<schedule>_<priority>_<figure>``."""
+    from transformers_baichuan_audio.modeling.streaming_state import StreamingStatePool
+
     clip = synthetic_clip(args.clip_seconds)
+    pool = StreamingStatePool() if args.keep_stream_state else None  # the warm-up turn fills it
     t = time.perf_counter()
-    bench_turn(model, processor, clip, args.turn_text_tokens, None, args.turn_phrase_frames)
+    bench_turn(model, processor, clip, args.turn_text_tokens, None, args.turn_phrase_frames, state_pool=pool)
     out = {f"turn_{path}_warmup_s": time.perf_counter() - t}
     print(f"turn warm-up ({path}): {out[f'turn_{path}_warmup_s']:.1f} s")
     schedules = [("default", None)]
@@ -591,6 +604,7 @@ def bench_turns(model, processor, args, path: str) -> dict:
                     first_chunk_frames,
                     args.turn_phrase_frames,
                     priority,
+                    pool,
                 )
             )
     for (name, first_chunk_frames, priority), case_runs in runs.items():
@@ -683,6 +697,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--turn-phrase-frames", type=int, default=0, help="--turn: frames of the spoken phrase (0: it goes on)"
+    )
+    parser.add_argument(
+        "--keep-stream-state",
+        action="store_true",
+        help="--turn: one streaming-state pool for every turn (SpeechChat(state_pool=...)), filled by the warm-up turn",
     )
     parser.add_argument("--turn-repeats", type=int, default=1, help="--turn: turns per schedule (the best is kept)")
     parser.add_argument(

@@ -172,3 +172,93 @@ def test_chat_decode_answer_shares_one_pool_per_answer(monkeypatch):
     # the buffers each phrase took from its pool (given back at finish): the second phrase's are the first one's
     assert released[0] and released[1] and released[1] <= released[0]
     assert released[2].isdisjoint(released[0])  # the next answer's pool starts empty
+
+
+def test_chat_kept_pool_serves_every_turn(monkeypatch):
+    """``SpeechChat(state_pool=pool)`` (``--keep-stream-state``): the streamed turns' decoders take their buffers
+    from that pool, which keeps them between turns (a per-turn pool is emptied at the turn's end), so the second
+    turn writes only to buffers the first one had; its audio equals that of a chat without a kept pool."""
+    from demo_helpers import GREEDY, tiny_model_and_processor
+
+    from transformers_baichuan_audio.chat import SpeechChat
+
+    model, processor = tiny_model_and_processor()
+    taken: list[set[int]] = []
+
+    def recording_release(cache, release=StreamingCache.release):
+        taken.append({t.untyped_storage().data_ptr() for t in cache.allocated})
+        release(cache)
+
+    monkeypatch.setattr(StreamingCache, "release", recording_release)
+
+    def turn_audio(chat) -> torch.Tensor:
+        events = list(chat.stream_turn([chat.user_message(text="hello")]))
+        return torch.cat([e.audio for e in events if e.kind == "audio"])
+
+    pool = StreamingStatePool()
+    kept = SpeechChat(model, processor, GREEDY, state_pool=pool)
+    first = turn_audio(kept)
+    first_taken, held = set().union(*taken), pool.num_buffers
+    assert first_taken and held > 0  # the first turn's buffers stay in the pool
+    taken.clear()
+    second = turn_audio(kept)
+    assert set().union(*taken) <= first_taken and pool.num_buffers == held  # nothing new allocated
+    taken.clear()
+    fresh = turn_audio(SpeechChat(model, processor, GREEDY))
+    assert set().union(*taken).isdisjoint(first_taken)  # a per-turn pool: its own buffers
+    assert torch.equal(first, fresh) and torch.equal(second, fresh)
+    with pytest.raises(TypeError, match="state_pool must be a StreamingStatePool"):
+        SpeechChat(model, processor, GREEDY, state_pool={})
+
+
+def test_cli_keep_stream_state(monkeypatch):
+    """``--keep-stream-state`` gives the front ends' chat one pool for all turns; without it, none (per turn)."""
+    from demo_helpers import tiny_model_and_processor
+
+    from transformers_baichuan_audio import chat as chat_module
+    from transformers_baichuan_audio import cli, loading
+
+    monkeypatch.setattr(loading, "load_model_and_processor", lambda *a, **k: tiny_model_and_processor())
+    parser = cli.build_parser()
+    base = ["chat", "--model", "tiny-random", "--text", "hello"]
+    assert isinstance(
+        chat_module.speech_chat_from_args(parser.parse_args([*base, "--keep-stream-state"])).state_pool,
+        StreamingStatePool,
+    )
+    assert chat_module.speech_chat_from_args(parser.parse_args(base)).state_pool is None
+
+
+def test_close_gives_an_abandoned_phrase_state_back(tiny_model, left):
+    """``close()`` (a phrase cut off): the buffers the stream holds go back to the pool, nothing more is decoded
+    (``finish`` returns no sample), and a later ``push`` raises."""
+    phrase = _phrase(tiny_model, 60, seed=3)
+    pool = StreamingStatePool()
+    stream = _decoder(tiny_model, phrase, pool)
+    for i in range(30):  # past the first chunk: attention state is held
+        stream.push(phrase[0][i : i + 1])
+    held = _held(stream)
+    assert held and pool.num_buffers == 0
+    stream.close()
+    assert pool.num_buffers >= len(held)
+    assert stream.finish().numel() == 0
+    with pytest.raises(RuntimeError, match="finished"):
+        stream.push(phrase[0][:1])
+    again = _decoder(tiny_model, phrase, pool)  # the next phrase writes to the abandoned one's buffers
+    for i in range(30):
+        again.push(phrase[0][i : i + 1])
+    assert _held(again) <= held
+
+
+def test_stopped_turn_gives_its_state_back_to_a_kept_pool():
+    """A turn left at its first audio chunk (the listener stopped it) closes its cut-off phrase: the buffers it
+    took are back in the chat's kept pool for the next turn."""
+    from demo_helpers import GREEDY, tiny_model_and_processor
+
+    from transformers_baichuan_audio.chat import SpeechChat
+
+    pool = StreamingStatePool()
+    chat = SpeechChat(*tiny_model_and_processor(), GREEDY, state_pool=pool)
+    for event in chat.stream_turn([chat.user_message(text="hello")]):
+        if event.kind == "audio":
+            break  # generator closed: the turn is stopped mid-phrase
+    assert pool.num_buffers > 0

@@ -309,8 +309,9 @@ class TurnEvent:
 
 
 class SpeechChat:
-    """One model + processor and the turn logic of the app and of ``baichuan-audio chat`` (no state of its own:
-    the conversation is passed in and returned, so concurrent sessions never share anything).
+    """One model + processor and the turn logic of the app and of ``baichuan-audio chat`` (no conversation
+    state of its own: the conversation is passed in and returned, so concurrent sessions never share one; a kept
+    ``state_pool`` only lends each of its buffers to one stream at a time).
 
     Args:
         model: ``BaichuanAudioForConditionalGeneration`` (with the speech generation mixin and ``code2wav``).
@@ -325,6 +326,14 @@ class SpeechChat:
             of the turn's tensor work (generation waits while a chunk decodes; on a CPU one thread's OpenMP team
             on the cores is the fastest, see :mod:`.cpu_threads`). ``"first_chunk"`` / ``"overlap"`` /
             ``"always"`` decode in the consuming thread.
+        state_pool: a :class:`~.modeling.streaming_state.StreamingStatePool` that the speech of EVERY turn takes its
+            streaming state buffers from (the CLI's / app's ``--keep-stream-state``). Default None: one pool per
+            turn, emptied at the turn's end, so a turn's first phrase writes to newly mapped pages (on the project's
+            2-core VM an 8 s phrase at real size streamed in 1.38x its one-shot decode time on new pages, 1.19x on
+            reused ones: ``benchmarks/bench_code2wav_streaming.py --state-pool``). With a kept pool only the first
+            phrase of the pool's life does (a turn stopped mid-phrase gives that phrase's buffers back too); the price is the
+            state of the longest phrase decoded so far (per turn running at once) staying resident: ~230 MB per
+            second of speech at the released size (:meth:`StreamingStatePool.clear` gives it back).
     """
 
     def __init__(
@@ -337,8 +346,12 @@ class SpeechChat:
         first_chunk_frames: int | None = None,
         chunk_frames: int | None = None,
         decode_priority: str = "inline",
+        state_pool: StreamingStatePool | None = None,
     ):
         self.decode_priority = BaichuanAudioStreamer.check_decode_priority(decode_priority)
+        if state_pool is not None and not isinstance(state_pool, StreamingStatePool):
+            raise TypeError(f"state_pool must be a StreamingStatePool or None, got {type(state_pool).__name__}")
+        self.state_pool = state_pool
         self.model = model
         self.processor = processor
         self.generation_kwargs = dict(generation_kwargs or {})
@@ -414,7 +427,10 @@ class SpeechChat:
 
     def _decoder_kwargs(self) -> dict:
         device = self.model.code2wav.device
-        return {"generator": torch.Generator(device=device).manual_seed(self.seed + 1), **self.schedule}
+        kwargs = {"generator": torch.Generator(device=device).manual_seed(self.seed + 1), **self.schedule}
+        if self.state_pool is not None:
+            kwargs["state_pool"] = self.state_pool  # kept across turns (the streamer never clears a given pool)
+        return kwargs
 
     def _assistant_message(self, out, prompt_length: int) -> tuple[dict, str]:
         row = out.sequences[0, : int(out.sequence_lengths[0])]
@@ -468,6 +484,7 @@ class SpeechChat:
             if thread.is_alive():  # the consumer left early (e.g. Gradio cancelled the event): end generation
                 stop.set()
             thread.join()
+            streamer.close_decoders()  # phrases cut off: their state back to the (kept) pool
         error = result.get("error")
         if isinstance(error, TurnStopped) or (error is None and "out" not in result):
             message = {"role": "assistant", "content": [{"type": "text", "text": "".join(text)}]}
@@ -494,7 +511,8 @@ class SpeechChat:
 
     def decode_answer(self, codes: list[torch.Tensor]) -> torch.Tensor | None:
         """24 kHz waveform of an answer's audio segments, decoded as :meth:`stream_turn` streams them."""
-        kwargs = {"state_pool": StreamingStatePool(), **self._decoder_kwargs()}  # later phrases reuse the state pages
+        # later phrases reuse the state pages: of this answer's pool, or of the chat's kept one
+        kwargs = {"state_pool": StreamingStatePool(), **self._decoder_kwargs()}
         waves = []
         for segment in codes:
             if segment.shape[0] == 0:
@@ -559,9 +577,15 @@ def speech_chat_from_args(args: argparse.Namespace) -> SpeechChat:
         kwargs["do_sample"] = False
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
+    pool = StreamingStatePool() if getattr(args, "keep_stream_state", False) else None
     try:
         return SpeechChat(
-            model, processor, kwargs, seed=args.seed, first_chunk_frames=getattr(args, "first_chunk_frames", None)
+            model,
+            processor,
+            kwargs,
+            seed=args.seed,
+            first_chunk_frames=getattr(args, "first_chunk_frames", None),
+            state_pool=pool,
         )
     except ValueError as err:
         raise SystemExit(f"--first-chunk-frames: {err}") from err

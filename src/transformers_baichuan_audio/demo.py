@@ -62,6 +62,7 @@ def make_demo(
     notice: str | None = None,
     stream_audio: bool | None = None,
     first_chunk_frames: int | None = None,
+    state_pool=None,
 ):
     """Build the Gradio app (``gr.Blocks``); nothing is launched. Tabs: speech chat, ASR, TTS.
 
@@ -72,12 +73,18 @@ def make_demo(
     audio chunk by chunk (needs ``ffmpeg``, which Gradio uses to re-encode streamed audio; default: when it is
     installed), else the whole answer's audio is sent once the turn ends; each chunk is yielded as soon as the
     code2wav streaming decoder returns it, while the answer is still being generated. ``first_chunk_frames``: the
-    speech chunk schedule (:class:`~.chat.SpeechChat`).
+    speech chunk schedule and ``state_pool``: the streaming state kept across turns (:class:`~.chat.SpeechChat`).
     """
     import gradio as gr
 
     chat = SpeechChat(
-        model, processor, generation_kwargs, seed=seed, limits=limits, first_chunk_frames=first_chunk_frames
+        model,
+        processor,
+        generation_kwargs,
+        seed=seed,
+        limits=limits,
+        first_chunk_frames=first_chunk_frames,
+        state_pool=state_pool,
     )
     if stream_audio is None:
         stream_audio = shutil.which("ffmpeg") is not None
@@ -278,6 +285,7 @@ def serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         notice=notice,
         first_chunk_frames=chat.schedule.get("first_chunk_frames"),
+        state_pool=chat.state_pool,
     )
     launch(demo, host=args.host, port=args.port)
     return 0

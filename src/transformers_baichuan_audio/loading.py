@@ -146,6 +146,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "-1 = all, the original; N >= 0: a bounded context, the same cost per streamed chunk at any phrase length, "
         "not the original's output)",
     )
+    parser.add_argument(
+        "--keep-stream-state",
+        action="store_true",
+        help="speech: keep the streaming decoder's state buffers between turns (every phrase but the first then "
+        "writes to mapped pages: faster streaming on a CPU; the longest phrase's state stays resident, ~230 MB per "
+        "second of speech at the released size)",
+    )
 
 
 __all__ = [

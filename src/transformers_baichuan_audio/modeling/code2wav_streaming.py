@@ -430,6 +430,13 @@ class BaichuanAudioStreamingDecoder:
             self.cache.release()
             self.cache = self.cache_before_last_chunk = StreamingCache()
 
+    def close(self) -> None:
+        """Abandon the phrase (e.g. a stopped turn): drop the carried state without decoding the rest, its buffers
+        given back to the ``state_pool``. Afterwards :meth:`finish` returns nothing and :meth:`push` raises."""
+        self.finished = True
+        self.cache.release()
+        self.cache = self.cache_before_last_chunk = StreamingCache()
+
     def _finish(self) -> torch.Tensor:
         if not self.frames:
             raise ValueError("no code frames were pushed: nothing to decode")

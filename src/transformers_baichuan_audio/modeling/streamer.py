@@ -185,6 +185,7 @@ class BaichuanAudioStreamer(BaseStreamer):
             return self._pending.pop(0)
         item = self.queue.get(timeout=self.timeout)
         if item is self._END:
+            self.close_decoders()
             if self.state_pool is not None:
                 self.state_pool.clear()  # the turn is over: its phrases' state goes back to the allocator
             raise StopIteration
@@ -207,6 +208,15 @@ class BaichuanAudioStreamer(BaseStreamer):
         return item
 
     # --------------------------------------------------------------------------------------------- decoding
+    def close_decoders(self) -> None:
+        """Drop the decoders of phrases that were cut off (a stopped turn), their state buffers given back to the
+        pool. Called when the consumer reaches the end; call it yourself after leaving the iteration early, once
+        generation has stopped (the decoders must not be in use)."""
+        for decoder in self._decoders.values():
+            decoder.close()
+        self._decoders.clear()
+        self._sounded.clear()
+
     @property
     def decodes_inline(self) -> bool:
         """Whether waveforms are decoded on the producer side (``decode_priority="inline"``)."""

@@ -21,8 +21,9 @@ class StreamingStatePool:
     """Buffers of finished streams, handed to the next stream that asks for the same shape, dtype and device.
 
     One pool serves the streaming decoders of one turn (``BaichuanAudioStreamer`` and the chat engine make one
-    per turn): a phrase's decoder takes its state buffers from it and gives them back at ``finish``, so the
-    turn's later phrases write to pages already mapped. A buffer is held by one live stream at a time (two rows
+    per turn), or of every turn when kept (``SpeechChat(state_pool=...)``, ``--keep-stream-state``): a phrase's
+    decoder takes its state buffers from it and gives them back at ``finish`` (or ``close``, a phrase cut off), so
+    later phrases write to pages already mapped. A buffer is held by one live stream at a time (two rows
     decoded at once get different buffers); the pool is thread-safe. What it keeps is at most the state of the
     turn's longest phrases (their pages stay resident until the pool is dropped or :meth:`clear`-ed).
     """
