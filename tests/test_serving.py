@@ -335,6 +335,24 @@ def test_inline_decoding_gives_each_row_its_alone_answer(chat, reference):
         ServingEngine(chat, decode_priority="later")
 
 
+def test_served_speech_uses_the_chats_kept_state_pool(chat, reference):
+    """A chat that keeps its streaming state (``--keep-stream-state``): the server's requests decode on that pool
+    (it holds their buffers afterwards) and still give the alone answer's samples."""
+    from transformers_baichuan_audio.modeling.streaming_state import StreamingStatePool
+
+    pool = StreamingStatePool()
+    kept = SpeechChat(chat.model, chat.processor, dict(CAPS), state_pool=pool)
+    engine = ServingEngine(kept, ServeLimits())
+    try:
+        messages = [_user(reference, text="first question")]
+        events = list(engine.events(engine.chat_job(messages, None, True, engine.settings())))
+    finally:
+        engine.close()
+    assert pool.num_buffers > 0
+    audio = np.concatenate([e.audio for e in events if e.kind == "audio"])
+    np.testing.assert_array_equal(to_pcm16(torch.from_numpy(audio)), to_pcm16(reference.answer(messages).audio))
+
+
 def test_serve_option_decode_priority(chat, monkeypatch, capsys):
     import argparse
 

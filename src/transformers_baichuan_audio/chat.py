@@ -425,7 +425,9 @@ class SpeechChat:
         kwargs.update(self.generation_kwargs)
         return kwargs
 
-    def _decoder_kwargs(self) -> dict:
+    def decoder_kwargs(self) -> dict:
+        """Arguments of a turn's ``code2wav.streaming_decoder``: a generator seeded with ``seed + 1`` (fresh per
+        turn), the chunk schedule and, if kept, the chat's ``state_pool``."""
         device = self.model.code2wav.device
         kwargs = {"generator": torch.Generator(device=device).manual_seed(self.seed + 1), **self.schedule}
         if self.state_pool is not None:
@@ -456,7 +458,7 @@ class SpeechChat:
             stop,
             tokenizer=self.processor.tokenizer,
             code2wav=self.model.code2wav if speak else None,
-            decoder_kwargs=self._decoder_kwargs() if speak else None,
+            decoder_kwargs=self.decoder_kwargs() if speak else None,
             decode_priority=self.decode_priority,
         )
         result: dict = {}
@@ -512,7 +514,7 @@ class SpeechChat:
     def decode_answer(self, codes: list[torch.Tensor]) -> torch.Tensor | None:
         """24 kHz waveform of an answer's audio segments, decoded as :meth:`stream_turn` streams them."""
         # later phrases reuse the state pages: of this answer's pool, or of the chat's kept one
-        kwargs = {"state_pool": StreamingStatePool(), **self._decoder_kwargs()}
+        kwargs = {"state_pool": StreamingStatePool(), **self.decoder_kwargs()}
         waves = []
         for segment in codes:
             if segment.shape[0] == 0:

@@ -129,15 +129,10 @@ class ServingEngine:
 
     # ------------------------------------------------------------------------------------------ requests
     def _streamer(self, speak: bool) -> BaichuanAudioStreamer:
-        code2wav = self.model.code2wav if speak else None
-        decoder_kwargs = None
-        if speak:
-            generator = torch.Generator(device=code2wav.device).manual_seed(self.chat.seed + 1)
-            decoder_kwargs = {"generator": generator, **getattr(self.chat, "schedule", {})}
         return BaichuanAudioStreamer(
             tokenizer=self.processor.tokenizer,
-            code2wav=code2wav,
-            decoder_kwargs=decoder_kwargs,
+            code2wav=self.model.code2wav if speak else None,
+            decoder_kwargs=self.chat.decoder_kwargs() if speak else None,  # the chat's seed, schedule, kept pool
             decode_priority=self.decode_priority,
         )
 
