@@ -16,7 +16,8 @@ reported. Per phrase:
 * ``first_chunk_seconds`` / ``first_chunk_after_frames`` / ``first_chunk_audio_seconds``: first-chunk latency,
   compute only (in a live stream add the time to generate ``first_chunk_after_frames`` frames);
 * ``stream_seconds`` (every push + finish), ``stream_rtf`` (audio seconds per compute second: > 1 is faster than
-  real time), ``one_shot_seconds``, ``one_shot_rtf`` and ``stream_over_one_shot`` (target <= 1.2).
+  real time), ``one_shot_seconds``, ``one_shot_rtf`` and ``stream_over_one_shot`` (target <= 1.2);
+  ``stream_minor_faults`` / ``one_shot_minor_faults``: pages first touched (mapped) during the stream / decode.
 
 ``--first-chunk-frames N`` (N < 25) also times a stream whose first chunk is provisional (after N frames; see
 ``modeling/code2wav_streaming.py``). ``--reference`` also times the prefix re-decode path (quadratic: slow at real
@@ -49,6 +50,7 @@ import argparse
 import contextlib
 import json
 import platform
+import resource
 import time
 
 import torch
@@ -64,8 +66,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (pages mapped at their first touch; Linux / macOS)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def stream_times(model, codes, noise, steps, device, **decoder_kwargs):
-    """([(frames pushed, seconds, samples) of each push that returned a chunk], seconds of finish, total seconds)."""
+    """([(frames pushed, seconds, samples) of each push that returned a chunk], seconds of finish, total seconds,
+    minor page faults of the whole stream)."""
+    faults = minor_faults()
     stream = model.streaming_decoder(noise=noise, num_steps=steps, **decoder_kwargs)
     chunks, total = [], 0.0
     for i in range(codes.shape[0]):
@@ -82,16 +91,17 @@ def stream_times(model, codes, noise, steps, device, **decoder_kwargs):
     stream.finish()
     _sync(device)
     finish_s = time.perf_counter() - start
-    return chunks, finish_s, total + finish_s
+    return chunks, finish_s, total + finish_s, minor_faults() - faults
 
 
-def one_shot_time(model, codes, noise, steps, device) -> tuple[float, torch.Tensor]:
-    """(seconds, mel (n_mels, T)) of the one-shot decode."""
+def one_shot_time(model, codes, noise, steps, device) -> tuple[float, torch.Tensor, int]:
+    """(seconds, mel (n_mels, T), minor page faults) of the one-shot decode."""
+    faults = minor_faults()
     _sync(device)
     start = time.perf_counter()
     out = model.decode(codes, noise=noise[..., : 4 * codes.shape[0] - 1], num_steps=steps)
     _sync(device)
-    return time.perf_counter() - start, out.mel[0]
+    return time.perf_counter() - start, out.mel[0], minor_faults() - faults
 
 
 def stream_flops(model, codes, noise, steps, **decoder_kwargs) -> tuple[list[float], float]:
@@ -157,6 +167,7 @@ def summarise(runs, sampling_rate: int, audio_seconds: float, one_shot_s: float)
         "stream_seconds": round(total, 4),
         "stream_rtf": round(audio_seconds / total, 3),
         "stream_over_one_shot": round(total / one_shot_s, 3),
+        "stream_minor_faults": min(r[3] for r in runs),
     }
 
 
@@ -209,6 +220,7 @@ def main() -> None:
 
     runs = {(p[0], name): [] for p in phrases for name in variants}
     one_shot = {(p[0], left): [] for p in phrases for left in lefts}
+    one_shot_faults = {(p[0], left): [] for p in phrases for left in lefts}
     mels = {}
     pools: dict[float, StreamingStatePool] = {}
 
@@ -238,8 +250,11 @@ def main() -> None:
                         runs[(seconds, name)].append(stream_times(model, codes, noise, args.steps, device, **kwargs))
                 for left in lefts:
                     with left_chunks(model, left):
-                        seconds_taken, mels[(seconds, left)] = one_shot_time(model, codes, noise, args.steps, device)
+                        seconds_taken, mels[(seconds, left)], faults = one_shot_time(
+                            model, codes, noise, args.steps, device
+                        )
                     one_shot[(seconds, left)].append(seconds_taken)
+                    one_shot_faults[(seconds, left)].append(faults)
                 print(f"  repeat {repeat + 1}/{args.repeats}: {seconds:g} s phrase done", flush=True)
         flops = {}
         counted = [name for name in variants if name not in ("warm_pool", "reference")] if args.flops else []
@@ -271,6 +286,7 @@ def main() -> None:
             "audio_seconds": round(audio_seconds, 3),
             "one_shot_seconds": round(decode_s, 4),
             "one_shot_rtf": round(audio_seconds / decode_s, 3),
+            "one_shot_minor_faults": min(one_shot_faults[(seconds, default_left)]),
         }
         exact = mels[(seconds, default_left)]
         for name, (_, left) in variants.items():
@@ -294,7 +310,8 @@ def main() -> None:
                 f"{seconds:5g} s {name:17s}: first chunk {r['first_chunk_seconds']} s after {r['first_chunk_after_frames']}"
                 f" frames ({r['first_chunk_audio_seconds']} s audio); chunks {r['chunk_seconds']} s; last/first "
                 f"{r['last_over_first_chunk']}, max/first {r['max_over_first_chunk']}; stream {r['stream_seconds']} s"
-                f" (RTF {r['stream_rtf']}) = {r['stream_over_one_shot']}x one-shot {own_s:.3f} s{error}"
+                f" (RTF {r['stream_rtf']}) = {r['stream_over_one_shot']}x one-shot {own_s:.3f} s{error}; "
+                f"{r['stream_minor_faults']} page faults (one-shot {entry['one_shot_minor_faults']})"
             )
             if "chunk_gflop" in r:
                 print(
