@@ -13,6 +13,7 @@ hands its backend); a single row with more inputs than inductor sums without its
 from __future__ import annotations
 
 import copy
+import types
 
 import pytest
 import torch
@@ -301,3 +302,27 @@ def test_chunked_linear_under_inductor(two_threads, monkeypatch):
     with torch.no_grad():
         out = compiled(x, weight, bias, 2)
     torch.testing.assert_close(out, F.linear(x, weight, bias), atol=1e-5, rtol=0)
+
+
+def test_compiled_kv_like_projection_of_the_residual_width_is_not_copied(two_threads):
+    """In a part with a config (hidden size 16), a narrowing projection of the residual width (16 -> 4, as GQA's
+    k / v) gets no input copy, the MLP's down projection (48 -> 16, after the GELU) still does; removing the layout
+    drops the setting."""
+    torch.manual_seed(0)
+    holder = nn.Module()
+    head = holder.audio_head = nn.Sequential(nn.Linear(16, 4), nn.Linear(4, 48), nn.GELU(), nn.Linear(48, 16))
+    head.config = types.SimpleNamespace(hidden_size=16)
+    assert apply_decode_layout(holder) == 3
+    assert [head[i].decode_copies_input for i in (0, 1, 3)] == [False, False, True]
+    x = torch.randn(1, 16)
+    with torch.no_grad():
+        expected = F.linear(
+            F.gelu(F.linear(F.linear(x, head[0].weight, head[0].bias), head[1].weight, head[1].bias)),
+            head[3].weight,
+            head[3].bias,
+        )
+        graph, out = _graph_of(head, x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    found = [str(node.target) for node in graph.nodes if node.op == "call_function"]
+    assert sum("baichuan_audio.materialize" in t for t in found) == 1 and sum("bmm" in t for t in found) == 3
+    assert remove_decode_layout(holder) == 3 and not hasattr(head[0], "decode_copies_input")

@@ -35,7 +35,14 @@ multi-threaded C++ reduction loops. Two details make those loops stream the weig
 products (``baddbmm`` with a bias stays an external call, ~3.5 GB/s in the graph), and the input of a narrowing
 projection (``in_features > out_features``: an MLP's down projection) first goes through :func:`materialize`, an
 opaque copy, because inductor otherwise inlines the producer (the audio head's erf GELU) into the reduction loop and
-recomputes it once per output row. A third: inductor sums a float32 reduction of more than :data:`CASCADE_TERMS`
+recomputes it once per output row. Not when that input is as wide as the residual stream (:func:`copies_input`:
+GQA's k / v projections, whose input is the normed hidden state): inductor computes the norm inline for the q
+projection anyway, and without the copies q, k and v become one loop, so a compiled 0.5B LLM layer makes 4 calls
+(2 kernels, the attention, the down projection's copy) instead of 8; a 24-layer step, alternating in one process,
+took 49.7 against 51.2 ms (median; 53.7 / 53.8 in a second run), and whole compiled audio frames 11.25 / 10.76 /
+12.17 and 11.77 / 9.98 / 12.19 against 10.75 / 10.09 / 10.95 and 11.33 / 11.55 / 11.85 frames/s (two alternating
+pairs of processes, ``bench_generation.py --size 0.5b --threads 2 --compile --no-first-audio --audio-repeats 3``; a
+slow phase of this VM, within its noise). A third: inductor sums a float32 reduction of more than :data:`CASCADE_TERMS`
 (4096) terms in a cascade of chunks, for accuracy, and that loop streams its weight slowly; a single row with more
 inputs (the LLM's down projection: 4864 in the 0.5B, 18944 in the 7B) is written as equal chunk sums of at most 4096
 terms instead (:func:`chunked_linear`), which inductor compiles to one plain loop. 0.4 GiB of 896 x 4864 weights in
@@ -136,13 +143,18 @@ def chunked_linear(input: torch.Tensor, weight: torch.Tensor, chunks: int) -> to
 
 
 def compiled_blocked_linear(
-    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    blocks: int,
+    copy_input: bool | None = None,
 ) -> torch.Tensor:
     """:func:`blocked_linear` written for inductor (see the module docstring): the bias added after the products,
-    the input of a narrowing projection (``in_features > out_features``) materialized first, and a single row with
-    more than :data:`CASCADE_TERMS` inputs summed in chunks (:func:`chunked_linear`)."""
+    the input materialized first if ``copy_input`` (None: for a narrowing projection, ``in_features >
+    out_features``), and a single row with more than :data:`CASCADE_TERMS` inputs summed in chunks
+    (:func:`chunked_linear`)."""
     out_features, in_features = weight.shape
-    if in_features > out_features:
+    if in_features > out_features if copy_input is None else copy_input:
         input = torch.ops.baichuan_audio.materialize(input)
     chunks = sum_chunks(in_features)
     if chunks > 1 and input.numel() == in_features:
@@ -170,17 +182,32 @@ def _decode_forward(self: nn.Linear, input: torch.Tensor) -> torch.Tensor:
     ):
         return F.linear(input, weight, self.bias)
     if compiling:
-        return compiled_blocked_linear(input, weight, self.bias, blocks)
+        return compiled_blocked_linear(input, weight, self.bias, blocks, getattr(self, "decode_copies_input", None))
     return blocked_linear(input, weight, self.bias, blocks)
 
 
-def _decode_linears(model: nn.Module) -> list[nn.Linear]:
-    """The plain ``nn.Linear`` layers a decode step reads: the language model, the audio head and the LM head."""
+def _decode_linears(model: nn.Module) -> list[tuple[nn.Linear, int | None]]:
+    """The plain ``nn.Linear`` layers a decode step reads (the language model, the audio head and the LM head),
+    each with the hidden size (residual stream width) of its part's config, if it has one."""
     parts = [getattr(model, "lm_head", None), getattr(model, "audio_head", None)]
     inner = getattr(model, "model", None)
     parts.append(getattr(inner, "language_model", None))
-    found = {id(m): m for part in parts if part is not None for m in part.modules() if type(m) is nn.Linear}
+    found = {}
+    for part in parts:
+        if part is None:
+            continue
+        hidden = getattr(getattr(part, "config", None), "hidden_size", None)
+        for m in part.modules():
+            if type(m) is nn.Linear:
+                found.setdefault(id(m), (m, hidden))
     return list(found.values())
+
+
+def copies_input(linear: nn.Linear, hidden_size: int | None) -> bool:
+    """Whether the compiled decode forward of ``linear`` materializes its input: a narrowing projection, unless
+    its input is as wide as the residual stream (``hidden_size``; e.g. GQA's k / v projections, whose input is
+    the normed hidden state that inductor computes inline for the q projection anyway)."""
+    return linear.in_features > linear.out_features and linear.in_features != hidden_size
 
 
 def has_decode_layout(linear: nn.Module) -> bool:
@@ -197,10 +224,11 @@ def apply_decode_layout(model: nn.Module) -> int:
     """
     changed = 0
     with _LAYOUT_LOCK, torch.no_grad():
-        for linear in _decode_linears(model):
+        for linear, hidden in _decode_linears(model):
             if has_decode_layout(linear):
                 continue
             linear.forward = types.MethodType(_decode_forward, linear)
+            linear.decode_copies_input = copies_input(linear, hidden)
             changed += 1
     return changed
 
@@ -209,9 +237,10 @@ def remove_decode_layout(model: nn.Module) -> int:
     """Undo :func:`apply_decode_layout`: the plain ``nn.Linear.forward`` again. Returns the number of layers changed."""
     changed = 0
     with _LAYOUT_LOCK:
-        for linear in _decode_linears(model):
+        for linear, _ in _decode_linears(model):
             if has_decode_layout(linear):
                 del linear.forward
+                linear.__dict__.pop("decode_copies_input", None)
                 changed += 1
     return changed
 
@@ -235,6 +264,7 @@ __all__ = [
     "blocked_linear",
     "chunked_linear",
     "compiled_blocked_linear",
+    "copies_input",
     "has_decode_layout",
     "materialize",
     "remove_decode_layout",
