@@ -331,9 +331,9 @@ class SpeechChat:
             turn, emptied at the turn's end, so a turn's first phrase writes to newly mapped pages (on the project's
             2-core VM an 8 s phrase at real size streamed in 1.38x its one-shot decode time on new pages, 1.19x on
             reused ones: ``benchmarks/bench_code2wav_streaming.py --state-pool``). With a kept pool only the first
-            phrase of the pool's life does (a turn stopped mid-phrase gives that phrase's buffers back too); the price is the
-            state of the longest phrase decoded so far (per turn running at once) staying resident: ~230 MB per
-            second of speech at the released size (:meth:`StreamingStatePool.clear` gives it back).
+            phrase of the pool's life does (a turn stopped mid-phrase gives that phrase's buffers back too); the
+            price is the state of the longest phrase decoded so far (per turn running at once) staying resident:
+            ~230 MB per second of speech at the released size (:meth:`StreamingStatePool.clear` gives it back).
     """
 
     def __init__(

@@ -427,8 +427,7 @@ class BaichuanAudioStreamingDecoder:
         try:
             return self._finish()
         finally:
-            self.cache.release()
-            self.cache = self.cache_before_last_chunk = StreamingCache()
+            self.close()
 
     def close(self) -> None:
         """Abandon the phrase (e.g. a stopped turn): drop the carried state without decoding the rest, its buffers
