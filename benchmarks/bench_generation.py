@@ -55,7 +55,9 @@ plain inductor (``CompileConfig(dynamic=False, mode=None)``: the decode layout's
 own C++ GEMV loops). Compilation happens in the warm-up call (``warmup_s``); before each compiled audio run the
 eager loop's (dynamic cache) is timed in the same process (``eager_audio_frames_per_s``, ``speedup_vs_eager``:
 best against best; ``speedup_vs_eager_all``: run by run). ``--inductor-options`` passes inductor options (a JSON
-object, ``CompileConfig.options``), e.g. ``'{"cpp_wrapper": true}'``.
+object, ``CompileConfig.options``), e.g. ``'{"cpp_wrapper": true}'``. ``--full-guards`` (CPU) compiles with every
+dynamo guard and inductor's input asserts, which the decode steps leave out by default (``compile_kwargs``): the
+compiled path of before, for an A/B in alternating processes.
 
 The memory bandwidth is measured before and after all generation runs and around each audio run (``--audio-repeats``
 runs, the best kept); the largest figure is the roofline (``roofline_fraction``). A VM's bandwidth can drift by
@@ -251,6 +253,11 @@ def compile_config_for(device: str, options: dict | None = None) -> CompileConfi
     if device.startswith("cuda"):
         return CompileConfig(dynamic=False, options=options)
     return CompileConfig(dynamic=False, mode=None, options=options)
+
+
+def keep_every_guard(guard_entries) -> list[bool]:
+    """``guard_filter_fn`` of ``--full-guards``: dynamo's own guards, all of them."""
+    return [True] * len(guard_entries)
 
 
 def tts_kwargs(frames: int) -> dict:
@@ -716,13 +723,23 @@ def main() -> None:
         action="store_true",
         help="only eager frames/s and tokens/s with plain F.linear vs the decode layout (alternating)",
     )
+    parser.add_argument(
+        "--full-guards",
+        action="store_true",
+        help="--compile: keep every dynamo guard and inductor's size asserts (the steps' default drops some)",
+    )
     parser.add_argument("--layout-repeats", type=int, default=2, help="--layout-compare: runs per layout")
     args = parser.parse_args()
     args.turn = args.turn or args.turn_only
     if args.compile or args.cache == "static":
         DECODE_KWARGS.update(cache_implementation="static", static_cache_max_len=args.static_len)
     if args.compile:
-        DECODE_KWARGS["compile_config"] = compile_config_for(args.device, args.inductor_options)
+        options = args.inductor_options
+        if args.full_guards and args.device.startswith("cuda"):
+            raise SystemExit("--full-guards: CPU only (torch.compile takes no options with a CUDA-graph mode)")
+        if args.full_guards:  # the compiled path before: every dynamo guard, inductor's input asserts
+            options = {"guard_filter_fn": keep_every_guard, "size_asserts": True, **(options or {})}
+        DECODE_KWARGS["compile_config"] = compile_config_for(args.device, options)
     if args.size == "real" and not args.device.startswith("cuda"):
         raise SystemExit("--size real needs a GPU")
     cpu = not args.device.startswith("cuda")
@@ -786,6 +803,7 @@ def main() -> None:
         "cache": DECODE_KWARGS.get("cache_implementation", "dynamic"),
         "compiled": args.compile,
         "inductor_options": args.inductor_options,
+        "full_guards": args.full_guards,
         "warmup_s": warmup_s,
         **text,
         **audio,

@@ -21,7 +21,7 @@ from transformers_baichuan_audio.configuration import BaichuanAudioConfig
 from transformers_baichuan_audio.modeling.audio_head import BaichuanAudioHead
 from transformers_baichuan_audio.modeling.baichuan_audio import BaichuanAudioForConditionalGeneration
 from transformers_baichuan_audio.modeling.decode_layout import apply_decode_layout
-from transformers_baichuan_audio.modeling.decode_steps import SpeechDecodeSteps
+from transformers_baichuan_audio.modeling.decode_steps import SpeechDecodeSteps, compile_kwargs, module_guard_filter
 
 # Inductor's fused C++ kernels sum in another order than eager's: fp32 roundoff on logits of size ~1.
 INDUCTOR_ATOL = 1e-4
@@ -60,3 +60,60 @@ def test_inductor_head_steps_use_each_calls_cache(options, two_threads):
                     torch.testing.assert_close(got, want, atol=INDUCTOR_ATOL, rtol=0)
     compiled = head.__dict__["_compiled_forward_position"][1]
     assert compiled is steps._compiled_head_step  # one compiled function, kept across calls
+
+
+def test_compile_kwargs_filter_module_guards_and_drop_asserts_unless_told():
+    kwargs = compile_kwargs(CompileConfig(dynamic=False, mode=None))
+    assert kwargs["options"] == {"guard_filter_fn": module_guard_filter, "size_asserts": False}
+    assert kwargs["dynamic"] is False and kwargs["backend"] == "inductor"
+    own = compile_kwargs(CompileConfig(mode=None, options={"size_asserts": True, "freezing": True}))["options"]
+    assert own["size_asserts"] is True and own["freezing"] is True
+    eager = compile_kwargs(CompileConfig(mode=None, backend="eager"))["options"]
+    assert "size_asserts" not in eager and "guard_filter_fn" in eager
+    # torch.compile refuses a mode together with options: a mode's config goes through as it is.
+    assert compile_kwargs(CompileConfig())["options"] is None
+
+
+def _two_codebook_model():
+    torch.manual_seed(0)
+    config = BaichuanAudioConfig.tiny()
+    model = BaichuanAudioForConditionalGeneration._from_config(config).eval()
+    head_config = copy.deepcopy(config.audio_head_config)
+    head_config.codebook_sizes = head_config.codebook_sizes[:2]
+    model.audio_head = BaichuanAudioHead(head_config).eval()
+    return model
+
+
+def _column_major(module):
+    module.weight = torch.nn.Parameter(module.weight.detach().t().contiguous().t())  # same values, other strides
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_column_major, lambda m: m.register_parameter("bias", None)],
+    ids=["strides", "no-bias"],
+)
+def test_compiled_head_steps_follow_changed_modules(change, two_threads):
+    """The guard filter drops most guards on the modules (``module_guard_filter``) but not those that decide the
+    graph: after a change of a classifier the steps recompile and equal the eager head (with every module guard
+    dropped, the stale graph reads a column-major weight as row-major: logits off by ~2)."""
+    model = _two_codebook_model()
+    compile_config = CompileConfig(dynamic=False, mode=None)
+
+    def argmax(_, logits):
+        return logits.argmax(-1)
+
+    torch.compiler.reset()
+    with torch.inference_mode():
+        for call in range(2):
+            if call:
+                change(model.audio_head.heads[0])
+            hidden = torch.randn(2, model.config.text_config.hidden_size)
+            cache = StaticCache(config=model.config.get_text_config(), max_cache_len=16)
+            steps = SpeechDecodeSteps(model, cache, compile_config, batch_size=2)
+            with steps.settings():
+                codes, logits = steps.audio_frame(hidden, argmax)
+            expected_codes, expected_logits = model.audio_head.decode_frame(hidden, model.model.audio_embed, argmax)
+            assert torch.equal(codes, expected_codes), call
+            for got, want in zip(logits, expected_logits, strict=True):
+                torch.testing.assert_close(got, want, atol=INDUCTOR_ATOL, rtol=0)

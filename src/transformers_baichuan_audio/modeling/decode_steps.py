@@ -21,7 +21,9 @@ recompile after changing them) also works with these caches. A language model on
 step). The compiled functions are kept on their modules (as ``get_compiled_call`` does), one per config, and
 reused by later calls; the caches are still made per call (no generation state on the model). A compiled call runs
 under ``torch.inference_mode()`` whatever the caller's mode (graphs are guarded on the per-thread grad mode), so
-its returned cache is made of inference tensors: continue it with another compiled call.
+its returned cache is made of inference tensors: continue it with another compiled call. The steps are compiled
+without dynamo's guards on the modules' Python structure and without inductor's input asserts
+(:func:`compile_kwargs`): the guards on their weights and attribute values stay.
 
 Measured (``benchmarks/bench_generation.py --size 0.5b``, fp32, 2-core CPU, one run each): see the README.
 """
@@ -45,12 +47,52 @@ logger = logging.get_logger(__name__)
 _PREFILL_KEYS = ("input_features", "encoder_length", "bridge_length")
 
 
+#: Guards that dynamo puts on the modules and that :func:`module_guard_filter` keeps: the parameters' and buffers'
+#: dtype / device / shape / strides, the ``_modules`` keys, and attribute values (``training``, head sizes, the
+#: attention implementation of a config).
+KEPT_MODULE_GUARDS = frozenset({"TENSOR_MATCH", "DICT_KEYS_MATCH", "CONSTANT_MATCH", "EQUALS_MATCH"})
+
+
+def module_guard_filter(guard_entries) -> list[bool]:
+    """dynamo ``guard_filter_fn`` of the compiled decode steps: every guard except those on the modules' Python
+    structure (types, empty hook dicts, absent attributes, closures: 470 of the ~700 guards of a tiny head
+    position; a 0.5B frame's 9 graphs have ~13 k guards, up to 9 k of these kinds). What a step's graph assumes of
+    the weights and settings stays guarded (:data:`KEPT_MODULE_GUARDS`), and a module replaced by one whose
+    parameters sit elsewhere (e.g. PEFT's LoRA layers: ``base_layer.weight``) fails a tensor guard. Not seen after
+    a step was compiled: a replacement module with the same parameters and another ``forward``, a new forward hook.
+    """
+    return [
+        entry.guard_type in KEPT_MODULE_GUARDS
+        or entry.orig_guard.source is None
+        or not entry.orig_guard.source.is_unspecialized_nn_module()
+        for entry in guard_entries
+    ]
+
+
+def compile_kwargs(compile_config: CompileConfig) -> dict:
+    """``torch.compile`` arguments of ``compile_config``, with per-call checks that the guards make redundant left
+    out unless its ``options`` say otherwise: :func:`module_guard_filter` as ``guard_filter_fn`` and, for inductor,
+    the size / stride asserts of its wrapper on every graph input (``size_asserts``: ~480 per 0.5B frame; the
+    inputs' sizes and strides are guarded). With a ``mode`` (e.g. ``"reduce-overhead"``, CUDA graphs) torch.compile
+    takes no options: the config goes through as it is."""
+    kwargs = compile_config.to_dict()
+    if kwargs.get("mode") is not None:  # torch.compile takes a mode or options, not both
+        return kwargs
+    options = dict(kwargs.get("options") or {})
+    options.setdefault("guard_filter_fn", module_guard_filter)
+    if kwargs.get("backend", "inductor") == "inductor":
+        options.setdefault("size_asserts", False)
+    kwargs["options"] = options
+    return kwargs
+
+
 def compiled_function(module: torch.nn.Module, name: str, compile_config: CompileConfig) -> Callable:
-    """``torch.compile(getattr(module, name), **compile_config)``, built once per config and kept on ``module``."""
+    """``torch.compile(getattr(module, name), **compile_kwargs(compile_config))``, built once per config and kept
+    on ``module``."""
     key = f"_compiled_{name.strip('_')}"
     kept = module.__dict__.get(key)
     if kept is None or kept[0] != compile_config:
-        kept = (compile_config, torch.compile(getattr(module, name), **compile_config.to_dict()))
+        kept = (compile_config, torch.compile(getattr(module, name), **compile_kwargs(compile_config)))
         module.__dict__[key] = kept
     return kept[1]
 
@@ -127,8 +169,9 @@ class SpeechDecodeSteps:
         no-op."""
         if not self.compiled:
             return contextlib.nullcontext()
-        inductor = self.compile_config.backend == "inductor" and self.compile_config.options
-        return compile_settings(self._recompile_limit, self.compile_config.options if inductor else None)
+        options = {k: v for k, v in (self.compile_config.options or {}).items() if k != "guard_filter_fn"}
+        inductor = self.compile_config.backend == "inductor" and options
+        return compile_settings(self._recompile_limit, options if inductor else None)
 
     def llm(self, model_inputs: dict) -> torch.Tensor:
         """One LLM forward of ``model_inputs`` (``input_ids`` (B, q), the full ``attention_mask``, ``position_ids``,
@@ -166,4 +209,4 @@ class SpeechDecodeSteps:
         )
 
 
-__all__ = ["SpeechDecodeSteps", "compiled_function", "resolve_compile_config"]
+__all__ = ["SpeechDecodeSteps", "compile_kwargs", "compiled_function", "module_guard_filter", "resolve_compile_config"]
