@@ -735,9 +735,9 @@ def main() -> None:
         DECODE_KWARGS.update(cache_implementation="static", static_cache_max_len=args.static_len)
     if args.compile:
         options = args.inductor_options
-        if args.full_guards and args.device.startswith("cuda"):
-            raise SystemExit("--full-guards: CPU only (torch.compile takes no options with a CUDA-graph mode)")
         if args.full_guards:  # the compiled path before: every dynamo guard, inductor's input asserts
+            if args.device.startswith("cuda"):
+                raise SystemExit("--full-guards: CPU only (torch.compile takes no options with a CUDA-graph mode)")
             options = {"guard_filter_fn": keep_every_guard, "size_asserts": True, **(options or {})}
         DECODE_KWARGS["compile_config"] = compile_config_for(args.device, options)
     if args.size == "real" and not args.device.startswith("cuda"):

@@ -27,21 +27,36 @@ from transformers_baichuan_audio.modeling.decode_steps import SpeechDecodeSteps,
 INDUCTOR_ATOL = 1e-4
 
 
-@pytest.mark.parametrize("options", [None, {"freezing": True}], ids=["plain", "frozen"])
-def test_inductor_head_steps_use_each_calls_cache(options, two_threads):
+def _model_with_head(num_codebooks: int):
+    """The tiny model with a head of ``num_codebooks`` positions (fewer graphs to compile than 8; the graphs differ
+    only by position)."""
     torch.manual_seed(0)
     config = BaichuanAudioConfig.tiny()
     model = BaichuanAudioForConditionalGeneration._from_config(config).eval()
-    # A 3-codebook head (3 graphs to compile instead of 8; the graphs differ only by position).
     head_config = copy.deepcopy(config.audio_head_config)
-    head_config.codebook_sizes = head_config.codebook_sizes[:3]
-    model.audio_head = head = BaichuanAudioHead(head_config).eval()
+    head_config.codebook_sizes = head_config.codebook_sizes[:num_codebooks]
+    model.audio_head = BaichuanAudioHead(head_config).eval()
+    return model
+
+
+def _argmax(_, logits):
+    return logits.argmax(-1)
+
+
+def _assert_same_frame(got, expected, what) -> None:
+    (codes, logits), (expected_codes, expected_logits) = got, expected
+    assert torch.equal(codes, expected_codes), what
+    for got_logits, want in zip(logits, expected_logits, strict=True):
+        torch.testing.assert_close(got_logits, want, atol=INDUCTOR_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("options", [None, {"freezing": True}], ids=["plain", "frozen"])
+def test_inductor_head_steps_use_each_calls_cache(options, two_threads):
+    model = _model_with_head(3)
+    config, head = model.config, model.audio_head
     compile_config = CompileConfig(dynamic=False, mode=None, options=options)
     reference = copy.deepcopy(model)  # plain F.linear, eager
     assert apply_decode_layout(model) > 0  # as generate does on CPUs
-
-    def argmax(_, logits):
-        return logits.argmax(-1)
 
     torch.compiler.reset()
     with torch.inference_mode():
@@ -51,13 +66,9 @@ def test_inductor_head_steps_use_each_calls_cache(options, two_threads):
             steps = SpeechDecodeSteps(model, cache, compile_config, batch_size=2)
             for frame in range(2):  # the per-call head cache is reused (reset) frame after frame
                 with steps.settings():  # as the loop does: inductor's freezing active while tracing
-                    codes, logits = steps.audio_frame(hidden + frame, argmax)
-                expected_codes, expected_logits = reference.audio_head.decode_frame(
-                    hidden + frame, reference.model.audio_embed, argmax
-                )
-                assert torch.equal(codes, expected_codes), (call, frame)
-                for got, want in zip(logits, expected_logits, strict=True):
-                    torch.testing.assert_close(got, want, atol=INDUCTOR_ATOL, rtol=0)
+                    got = steps.audio_frame(hidden + frame, _argmax)
+                expected = reference.audio_head.decode_frame(hidden + frame, reference.model.audio_embed, _argmax)
+                _assert_same_frame(got, expected, (call, frame))
     compiled = head.__dict__["_compiled_forward_position"][1]
     assert compiled is steps._compiled_head_step  # one compiled function, kept across calls
 
@@ -74,16 +85,6 @@ def test_compile_kwargs_filter_module_guards_and_drop_asserts_unless_told():
     assert compile_kwargs(CompileConfig())["options"] is None
 
 
-def _two_codebook_model():
-    torch.manual_seed(0)
-    config = BaichuanAudioConfig.tiny()
-    model = BaichuanAudioForConditionalGeneration._from_config(config).eval()
-    head_config = copy.deepcopy(config.audio_head_config)
-    head_config.codebook_sizes = head_config.codebook_sizes[:2]
-    model.audio_head = BaichuanAudioHead(head_config).eval()
-    return model
-
-
 def _column_major(module):
     module.weight = torch.nn.Parameter(module.weight.detach().t().contiguous().t())  # same values, other strides
 
@@ -97,12 +98,8 @@ def test_compiled_head_steps_follow_changed_modules(change, two_threads):
     """The guard filter drops most guards on the modules (``module_guard_filter``) but not those that decide the
     graph: after a change of a classifier the steps recompile and equal the eager head (with every module guard
     dropped, the stale graph reads a column-major weight as row-major: logits off by ~2)."""
-    model = _two_codebook_model()
+    model = _model_with_head(2)
     compile_config = CompileConfig(dynamic=False, mode=None)
-
-    def argmax(_, logits):
-        return logits.argmax(-1)
-
     torch.compiler.reset()
     with torch.inference_mode():
         for call in range(2):
@@ -112,8 +109,5 @@ def test_compiled_head_steps_follow_changed_modules(change, two_threads):
             cache = StaticCache(config=model.config.get_text_config(), max_cache_len=16)
             steps = SpeechDecodeSteps(model, cache, compile_config, batch_size=2)
             with steps.settings():
-                codes, logits = steps.audio_frame(hidden, argmax)
-            expected_codes, expected_logits = model.audio_head.decode_frame(hidden, model.model.audio_embed, argmax)
-            assert torch.equal(codes, expected_codes), call
-            for got, want in zip(logits, expected_logits, strict=True):
-                torch.testing.assert_close(got, want, atol=INDUCTOR_ATOL, rtol=0)
+                got = steps.audio_frame(hidden, _argmax)
+            _assert_same_frame(got, model.audio_head.decode_frame(hidden, model.model.audio_embed, _argmax), call)
