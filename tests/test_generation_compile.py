@@ -111,3 +111,23 @@ def test_compiled_head_steps_follow_changed_modules(change, two_threads):
             with steps.settings():
                 got = steps.audio_frame(hidden, _argmax)
             _assert_same_frame(got, model.audio_head.decode_frame(hidden, model.model.audio_embed, _argmax), call)
+
+
+def test_compiled_head_step_has_room_for_four_batch_sizes():
+    """The head step compiles one graph per codebook position and batch size; ``torch.compile(recompile_limit=...)``
+    gives it ``4 * num_codebooks`` of them (dynamo's global default, 8, would stop at the 3rd batch size of a
+    3-position head). With ``fullgraph=True`` the 5th batch size fails instead of silently running eagerly."""
+    model = _model_with_head(3)
+    compile_config = CompileConfig(fullgraph=True, dynamic=False, backend="eager", mode=None)
+    torch.compiler.reset()
+    with torch.inference_mode():
+        for rows in range(1, 6):
+            hidden = torch.randn(rows, model.config.text_config.hidden_size)
+            cache = StaticCache(config=model.config.get_text_config(), max_cache_len=16)
+            steps = SpeechDecodeSteps(model, cache, compile_config, batch_size=rows)
+            if rows == 5:
+                with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
+                    steps.audio_frame(hidden, _argmax)
+                break
+            expected = model.audio_head.decode_frame(hidden, model.model.audio_embed, _argmax)
+            _assert_same_frame(steps.audio_frame(hidden, _argmax), expected, rows)

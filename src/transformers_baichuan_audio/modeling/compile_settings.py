@@ -1,11 +1,12 @@
-"""The one place that touches torch's private compiler settings (``torch._dynamo`` / ``torch._inductor`` config).
+"""The one place that touches torch's private compiler settings (``torch._inductor`` config, dynamo's static-input
+mark).
 
 torch has no public API for them: ``torch.compile(options=...)`` only applies inductor options inside the backend
-(dynamo already reads some, e.g. ``freezing``, while tracing), and dynamo's per-function recompile limit has no
-public setter. Compiled speech decoding (:mod:`.decode_steps`) needs both, so they are read and patched here only,
-each with a fallback: when a torch release moves or renames them, compiled decoding still runs (it may recompile
-less or warn), and eager decoding never imports them. ``tests/test_private_api.py`` allows torch-private names in
-this module and nowhere else in ``src/``.
+(dynamo already reads some, e.g. ``freezing``, while tracing). Compiled speech decoding (:mod:`.decode_steps`)
+needs them, so they are patched here only, with a fallback: when a torch release moves or renames them, compiled
+decoding still runs (it may warn), and eager decoding never imports them. (dynamo's per-function recompile limit
+is public since torch 2.13: ``torch.compile(recompile_limit=...)``.) ``tests/test_private_api.py`` allows
+torch-private names in this module and nowhere else in ``src/``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,6 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-#: dynamo's default ``recompile_limit`` (torch 2.6 - 2.13), used when it cannot be read.
-DEFAULT_RECOMPILE_LIMIT = 8
-
 #: Attribute torch puts on tensors marked as static graph inputs (``torch._dynamo.mark_static_address``).
 _STATIC_INPUT_MARK = "_dynamo_static_input_type"
 
@@ -32,13 +30,6 @@ def _config_module(name: str) -> Any | None:
         return importlib.import_module(f"torch.{name}.config")
     except ImportError:
         return None
-
-
-def recompile_limit() -> int:
-    """dynamo's current per-function recompile limit (:data:`DEFAULT_RECOMPILE_LIMIT` if it cannot be read)."""
-    config = _config_module("_dynamo")
-    value = getattr(config, "recompile_limit", None) if config is not None else None
-    return int(value) if isinstance(value, int) else DEFAULT_RECOMPILE_LIMIT
 
 
 def _patch(config: Any | None, values: dict[str, Any], what: str) -> contextlib.AbstractContextManager:
@@ -52,17 +43,12 @@ def _patch(config: Any | None, values: dict[str, Any], what: str) -> contextlib.
     return config.patch(known) if known else contextlib.nullcontext()
 
 
-def compile_settings(
-    recompile_limit: int | None = None, inductor_options: dict[str, Any] | None = None
-) -> contextlib.AbstractContextManager:
-    """Context manager: dynamo's ``recompile_limit`` and inductor's ``inductor_options`` while it is entered (both
-    optional). Settings this torch does not know are skipped with a warning."""
-    stack = contextlib.ExitStack()
-    if recompile_limit is not None:
-        stack.enter_context(_patch(_config_module("_dynamo"), {"recompile_limit": recompile_limit}, "dynamo"))
-    if inductor_options:
-        stack.enter_context(_patch(_config_module("_inductor"), dict(inductor_options), "inductor"))
-    return stack
+def compile_settings(inductor_options: dict[str, Any] | None = None) -> contextlib.AbstractContextManager:
+    """Context manager: inductor's ``inductor_options`` while it is entered (none: a no-op). Options this torch
+    does not know are skipped with a warning."""
+    if not inductor_options:
+        return contextlib.nullcontext()
+    return _patch(_config_module("_inductor"), dict(inductor_options), "inductor")
 
 
 def drop_static_input_mark(tensor: torch.Tensor) -> None:
@@ -71,4 +57,4 @@ def drop_static_input_mark(tensor: torch.Tensor) -> None:
         delattr(tensor, _STATIC_INPUT_MARK)
 
 
-__all__ = ["DEFAULT_RECOMPILE_LIMIT", "compile_settings", "drop_static_input_mark", "recompile_limit"]
+__all__ = ["compile_settings", "drop_static_input_mark"]

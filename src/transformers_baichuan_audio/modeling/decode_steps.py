@@ -38,10 +38,13 @@ from transformers import CompileConfig
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.utils import logging
 
-from .compile_settings import compile_settings, drop_static_input_mark, recompile_limit
+from .compile_settings import compile_settings, drop_static_input_mark
 from .decode_attention import use_grouped_decode_attention
 
 logger = logging.get_logger(__name__)
+
+#: dynamo's default per-function ``recompile_limit`` (torch 2.6 - 2.13): the least the compiled head step asks for.
+DEFAULT_RECOMPILE_LIMIT = 8
 
 #: Model inputs that only the first (prefill) step carries; such steps always run eagerly.
 _PREFILL_KEYS = ("input_features", "encoder_length", "bridge_length")
@@ -69,13 +72,17 @@ def module_guard_filter(guard_entries) -> list[bool]:
     ]
 
 
-def compile_kwargs(compile_config: CompileConfig) -> dict:
-    """``torch.compile`` arguments of ``compile_config``, with per-call checks that the guards make redundant left
-    out unless its ``options`` say otherwise: :func:`module_guard_filter` as ``guard_filter_fn`` and, for inductor,
-    the size / stride asserts of its wrapper on every graph input (``size_asserts``: ~480 per 0.5B frame; the
-    inputs' sizes and strides are guarded). With a ``mode`` (e.g. ``"reduce-overhead"``, CUDA graphs) torch.compile
-    takes no options: the config goes through as it is."""
+def compile_kwargs(compile_config: CompileConfig, recompile_limit: int | None = None) -> dict:
+    """``torch.compile`` arguments of ``compile_config`` (and of ``recompile_limit``: how many graphs the function
+    may keep before it falls back to eager, or with ``fullgraph`` fails; None: dynamo's global limit), with per-call
+    checks that the guards make redundant left out unless its ``options`` say otherwise: :func:`module_guard_filter`
+    as ``guard_filter_fn`` and, for inductor, the size / stride asserts of its wrapper on every graph input
+    (``size_asserts``: ~480 per 0.5B frame; the inputs' sizes and strides are guarded). With a ``mode`` (e.g.
+    ``"reduce-overhead"``, CUDA graphs) torch.compile takes no options: the config's options go through as they
+    are."""
     kwargs = compile_config.to_dict()
+    if recompile_limit is not None:
+        kwargs["recompile_limit"] = recompile_limit
     if kwargs.get("mode") is not None:  # torch.compile takes a mode or options, not both
         return kwargs
     options = dict(kwargs.get("options") or {})
@@ -86,13 +93,16 @@ def compile_kwargs(compile_config: CompileConfig) -> dict:
     return kwargs
 
 
-def compiled_function(module: torch.nn.Module, name: str, compile_config: CompileConfig) -> Callable:
-    """``torch.compile(getattr(module, name), **compile_kwargs(compile_config))``, built once per config and kept
-    on ``module``."""
+def compiled_function(
+    module: torch.nn.Module, name: str, compile_config: CompileConfig, recompile_limit: int | None = None
+) -> Callable:
+    """``torch.compile(getattr(module, name), **compile_kwargs(compile_config, recompile_limit))``, built once per
+    config and limit and kept on ``module``."""
     key = f"_compiled_{name.strip('_')}"
     kept = module.__dict__.get(key)
-    if kept is None or kept[0] != compile_config:
-        kept = (compile_config, torch.compile(getattr(module, name), **compile_kwargs(compile_config)))
+    if kept is None or kept[0] != (compile_config, recompile_limit):
+        compiled = torch.compile(getattr(module, name), **compile_kwargs(compile_config, recompile_limit))
+        kept = ((compile_config, recompile_limit), compiled)
         module.__dict__[key] = kept
     return kept[1]
 
@@ -142,10 +152,12 @@ class SpeechDecodeSteps:
             # sdpa would copy the whole static cache per layer and step under compile (repeat_kv); see the module.
             use_grouped_decode_attention(lm)
             self._compiled_llm = compiled_function(lm, "__call__", compile_config)
-            self._compiled_head_step = compiled_function(model.audio_head, "forward_position", compile_config)
+            # One graph per codebook position and batch size: room for 4 batch sizes (torch.compile's own limit).
+            head_limit = max(DEFAULT_RECOMPILE_LIMIT, 4 * model.audio_head.num_codebooks)
+            self._compiled_head_step = compiled_function(
+                model.audio_head, "forward_position", compile_config, head_limit
+            )
             self._static_len = int(cache.get_max_length())
-            # One graph per codebook position (and batch size): raise dynamo's per-function limit to fit them.
-            self._recompile_limit = max(recompile_limit(), 4 * model.audio_head.num_codebooks)
 
     def _prepare_cache(self, cache: Cache) -> Cache:
         """With inductor's ``freezing``, drop the static-address marks of the cache tensors: frozen graphs bake
@@ -163,15 +175,13 @@ class SpeechDecodeSteps:
         return self.compile_config is not None
 
     def settings(self) -> contextlib.AbstractContextManager:
-        """Enter once around the whole loop (not per step): while compiled functions run (and compile), dynamo's
-        recompile limit and, for inductor, the config's ``options`` (dynamo already reads some of them, e.g.
-        ``freezing``, while tracing; ``torch.compile(options=...)`` only applies them inside the backend). Eager: a
-        no-op."""
-        if not self.compiled:
+        """Enter once around the whole loop (not per step): while compiled functions run (and compile), for
+        inductor, the config's ``options`` (dynamo already reads some of them, e.g. ``freezing``, while tracing;
+        ``torch.compile(options=...)`` only applies them inside the backend). Eager or no options: a no-op."""
+        if not self.compiled or self.compile_config.backend != "inductor":
             return contextlib.nullcontext()
-        options = {k: v for k, v in (self.compile_config.options or {}).items() if k != "guard_filter_fn"}
-        inductor = self.compile_config.backend == "inductor" and options
-        return compile_settings(self._recompile_limit, options if inductor else None)
+        options = self.compile_config.options or {}
+        return compile_settings({k: v for k, v in options.items() if k != "guard_filter_fn"})
 
     def llm(self, model_inputs: dict) -> torch.Tensor:
         """One LLM forward of ``model_inputs`` (``input_ids`` (B, q), the full ``attention_mask``, ``position_ids``,
