@@ -131,3 +131,33 @@ def test_compiled_head_step_has_room_for_four_batch_sizes():
                 break
             expected = model.audio_head.decode_frame(hidden, model.model.audio_embed, _argmax)
             _assert_same_frame(steps.audio_frame(hidden, _argmax), expected, rows)
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["heads.0"]], ids=["attention", "classifier"])
+def test_compiled_head_steps_follow_lora_injected_after_compiling(targets):
+    """PEFT's LoRA layers put in place after the steps were compiled (as a fine-tuning script does after a compiled
+    evaluation) are seen: the compiled frame equals the eager frame of the adapted head (backend ``eager``, same
+    numbers: exact), not the frame before the adapter (non-zero LoRA weights change the logits by ~2)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model = _model_with_head(2)
+    compile_config = CompileConfig(dynamic=False, backend="eager", mode=None)
+    hidden = torch.randn(2, model.config.text_config.hidden_size)
+
+    def compiled_frame():
+        cache = StaticCache(config=model.config.get_text_config(), max_cache_len=16)
+        steps = SpeechDecodeSteps(model, cache, compile_config, batch_size=2)
+        with torch.inference_mode(), steps.settings():
+            return steps.audio_frame(hidden, _argmax)
+
+    torch.compiler.reset()
+    before = compiled_frame()
+    lora = LoraConfig(r=4, target_modules=targets, init_lora_weights=False)  # random A and B: the adapter acts
+    inject_adapter_in_model(lora, model.audio_head)
+    with torch.inference_mode():
+        expected = model.audio_head.decode_frame(hidden, model.model.audio_embed, _argmax)
+    assert not torch.allclose(before[1][0], expected[1][0], atol=0.1)  # the adapter changes the first logits
+    codes, logits = compiled_frame()
+    assert torch.equal(codes, expected[0])
+    for got, want in zip(logits, expected[1], strict=True):
+        assert torch.equal(got, want)
