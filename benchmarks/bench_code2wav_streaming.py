@@ -28,7 +28,9 @@ the default's (same codes and noise): ``mel_error_max`` / ``mel_error_rms`` besi
 measure of how far the policy moves this model, not of how it sounds with the released weights). ``--state-pool``
 also times the stream on a ``StreamingStatePool`` that an untimed stream of a phrase of the same length has filled
 (``warm_pool``: a turn's later phrase, up to the length of its longest earlier one; the default ``incremental`` is
-a turn's first phrase, every state page new). ``--flops`` also counts, in one more untimed stream and one-shot
+a turn's first phrase, every state page new). ``--chunk-frames N [N ...]`` also times, per N, the schedule
+``chunk_frames=N`` (a chunk returned every N frames: the U-Net chunks since the last one decoded in one pass, larger
+products), with ``--state-pool`` also on a filled pool (``warm_pool_chunk_frames_N``). ``--flops`` also counts, in one more untimed stream and one-shot
 decode per phrase length and variant (not ``warm_pool``: the same work as ``incremental``; not ``reference``), the
 floating-point work of each returned chunk (``torch.utils.flop_counter`` with the CPU attention kernel counted,
 ``flop_count.py``): ``chunk_gflop``, ``flops_last_over_first_chunk`` and ``flops_last_over_second_chunk`` beside the
@@ -40,6 +42,7 @@ printed is one JSON object.
     python benchmarks/bench_code2wav_streaming.py --size real --threads 1 --repeats 1 --seconds 4 8 16 32
     python benchmarks/bench_code2wav_streaming.py --size real --threads 2 --repeats 1 --left-chunks 1 2
     python benchmarks/bench_code2wav_streaming.py --size real --threads 2 --repeats 2 --seconds 8 16 --state-pool
+    python benchmarks/bench_code2wav_streaming.py --size real --threads 2 --repeats 2 --seconds 8 --state-pool --chunk-frames 50
     python benchmarks/bench_code2wav_streaming.py --size real --threads 2 --repeats 1 --seconds 32 --left-chunks 1 --flops
     python benchmarks/bench_code2wav_streaming.py --size real --device cuda
 """
@@ -182,6 +185,9 @@ def main() -> None:
     parser.add_argument("--first-chunk-frames", type=int, default=None, help="also time a provisional first chunk")
     parser.add_argument("--reference", action="store_true", help="also time the prefix re-decode reference path")
     parser.add_argument("--state-pool", action="store_true", help="also time a stream on a filled state pool")
+    parser.add_argument(
+        "--chunk-frames", type=int, nargs="*", default=[], help="also time chunk_frames = N (a multiple of 25)"
+    )
     parser.add_argument("--flops", action="store_true", help="also count the work of each chunk (untimed runs)")
     parser.add_argument(
         "--left-chunks", type=int, nargs="*", default=[], help="also time num_decoding_left_chunks = N (per N)"
@@ -206,6 +212,10 @@ def main() -> None:
         variants["reference"] = ({"incremental": False}, default_left)
     if args.state_pool:
         variants["warm_pool"] = ({"incremental": True}, default_left)  # + a filled pool per phrase length
+    for n in args.chunk_frames:
+        variants[f"chunk_frames_{n}"] = ({"incremental": True, "chunk_frames": n}, default_left)
+        if args.state_pool:
+            variants[f"warm_pool_chunk_frames_{n}"] = ({"incremental": True, "chunk_frames": n}, default_left)
     for n in args.left_chunks:
         variants[f"left_chunks_{n}"] = ({"incremental": True}, n)
     lefts = sorted({left for _, left in variants.values()})
@@ -226,7 +236,7 @@ def main() -> None:
 
     def decoder_kwargs(name: str, seconds: float, codes, noise) -> dict:
         kwargs = dict(variants[name][0])
-        if name == "warm_pool":
+        if name.startswith("warm_pool"):
             if seconds not in pools:  # filled by an untimed stream of another phrase of this length
                 pools[seconds] = StreamingStatePool()
                 other = torch.stack(
@@ -257,7 +267,7 @@ def main() -> None:
                     one_shot_faults[(seconds, left)].append(faults)
                 print(f"  repeat {repeat + 1}/{args.repeats}: {seconds:g} s phrase done", flush=True)
         flops = {}
-        counted = [name for name in variants if name not in ("warm_pool", "reference")] if args.flops else []
+        counted = [n for n in variants if not n.startswith("warm_pool") and n != "reference"] if args.flops else []
         for seconds, codes, noise, _ in phrases:
             for name in counted:
                 kwargs, left = variants[name]

@@ -82,7 +82,8 @@ def test_schedule_is_checked_up_front(tiny):
 
 def test_cli_chat_stream_chunks(tiny, tmp_path, capsys, monkeypatch):
     """``chat --stream-chunks DIR``: one wav per streamed chunk and one stderr line each; together they are the
-    answer's wav (the same 16-bit samples). A bad ``--first-chunk-frames`` is a one-line error, no traceback."""
+    answer's wav (the same 16-bit samples); ``--chunk-frames 50`` reaches the decoders, the same answer. A bad
+    ``--first-chunk-frames`` / ``--chunk-frames`` is a one-line error, no traceback."""
     monkeypatch.setattr(tiny_random, "build_tiny_random", lambda seed=0, dtype=None: tiny)
     out, chunks = tmp_path / "answer.wav", tmp_path / "chunks"
     args = ["chat", "--model", "tiny-random", "--greedy", "--text", "hello", "--out", str(out)]
@@ -95,6 +96,26 @@ def test_cli_chat_stream_chunks(tiny, tmp_path, capsys, monkeypatch):
     assert rate == 24000 and np.array_equal(np.concatenate(pieces), whole)
     with pytest.raises(SystemExit, match="--first-chunk-frames: first_chunk_frames must be an int >= 6"):
         cli.main([*args, "--first-chunk-frames", "5"])
+    # Later chunks of 50 frames reach every phrase's decoder and give the same answer (the mel is the default's bit
+    # for bit on this model, tests/test_code2wav_streaming.py; other vocoder windows: up to one 16-bit step).
+    schedules = []
+    streaming_decoder = type(tiny[0].code2wav).streaming_decoder
+
+    def recording(self, **kwargs):
+        schedules.append(kwargs.get("chunk_frames"))
+        return streaming_decoder(self, **kwargs)
+
+    monkeypatch.setattr(type(tiny[0].code2wav), "streaming_decoder", recording)
+    out50, chunks50 = tmp_path / "answer50.wav", tmp_path / "chunks50"
+    args50 = ["chat", "--model", "tiny-random", "--greedy", "--text", "hello", "--out", str(out50)]
+    assert cli.main([*args50, "--stream-chunks", str(chunks50), "--chunk-frames", "50"]) == 0
+    files50 = sorted(chunks50.glob("chunk_*.wav"))
+    assert len(files50) >= 2 and schedules and set(schedules) == {50}
+    whole50, _ = sf.read(out50, dtype="int16")
+    assert np.array_equal(np.concatenate([sf.read(f, dtype="int16")[0] for f in files50]), whole50)
+    assert whole50.shape == whole.shape and np.abs(whole50.astype(int) - whole).max() <= 1
+    with pytest.raises(SystemExit, match="--chunk-frames: chunk_frames must be a positive multiple of 25"):
+        cli.main([*args, "--chunk-frames", "30"])
 
 
 def test_cli_decoding_left_chunks(tiny, tmp_path, capsys, monkeypatch):

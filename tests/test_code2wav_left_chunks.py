@@ -102,14 +102,21 @@ def test_left_chunks_covering_the_phrase_is_the_default(tiny_model, phrase, left
 
 
 @pytest.mark.parametrize(
-    ("left", "frames", "first"),
-    [(0, FRAMES, None), (2, FRAMES, None), (1, 100, None), (1, FRAMES, 10)],
-    ids=["n0", "n2", "n1-ends-on-a-chunk-boundary", "n1-provisional-first-chunk"],
+    ("left", "frames", "first", "later"),
+    [
+        (0, FRAMES, None, None),
+        (2, FRAMES, None, None),
+        (1, 100, None, None),
+        (1, FRAMES, 10, None),
+        (1, FRAMES, 25, 50),
+    ],
+    ids=["n0", "n2", "n1-ends-on-a-chunk-boundary", "n1-provisional-first-chunk", "n1-two-chunk-passes"],
 )
-def test_stream_equals_one_shot_with_bounded_state(tiny_model, phrase, left_chunks, left, frames, first):
+def test_stream_equals_one_shot_with_bounded_state(tiny_model, phrase, left_chunks, left, frames, first, later):
     """Also the two paths that recompute from an earlier cache: a phrase ending exactly on a chunk boundary (its
     last chunk decoded again as the end) and a provisional first chunk (its 4 * 10 - 20 = 20 vocoded mel frames are
-    the provisional ones; every later frame must be the one-shot's)."""
+    the provisional ones; every later frame must be the one-shot's); and U-Net passes over two chunks at once
+    (``chunk_frames=50``: each chunk's keys / values still go to their own ring slot)."""
     codes, noise, draws = phrase
     codes = codes[:frames]
     draws = NSFSourceDraws(draws.phase, draws.noise[..., : (4 * frames - 1) * tiny_model.vocoder.upsample_factor])
@@ -117,7 +124,7 @@ def test_stream_equals_one_shot_with_bounded_state(tiny_model, phrase, left_chun
     one_shot = _decode(tiny_model, (codes, noise[..., : 4 * frames], draws))
     stats = tiny_model.groupnorm_statistics(tiny_model.dequantize(codes)[None], torch.tensor([frames]))
     stream = tiny_model.streaming_decoder(
-        noise=noise, draws=draws, norm_stats=stats, num_steps=STEPS, first_chunk_frames=first
+        noise=noise, draws=draws, norm_stats=stats, num_steps=STEPS, first_chunk_frames=first, chunk_frames=later
     )
     rings, chunks = [], []
     for i in range(frames):
@@ -129,11 +136,11 @@ def test_stream_equals_one_shot_with_bounded_state(tiny_model, phrase, left_chun
     # one ring of n + 1 chunks (100 mel frames each) per attention layer and Euler step, allocated once
     assert len(rings) > 2 * 25 and all(r == rings[0] for r in rings)
     assert {room for _, room in rings[0].values()} == {100 * (left + 1)}
-    exact_from = 0 if first is None else 4 * first - stream.lookahead_frames
+    exact_from = 0 if first in (None, 25) else 4 * first - stream.lookahead_frames
     assert (stream.mel[0][..., exact_from:] - one_shot.mel[0][..., exact_from:]).abs().max() <= MEL_TOL
     wave = torch.cat(chunks)
     assert wave.numel() == one_shot.audio_values[0].numel()
-    if first is None:
+    if not exact_from:
         assert (wave - one_shot.audio_values[0]).abs().max() <= 1e-6
 
 

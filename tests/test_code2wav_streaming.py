@@ -363,14 +363,17 @@ def tiny_phrase(tiny_model):
         # the smallest provisional first chunk, then every U-Net chunk (the later ones one frame after their last)
         (True, 8, 25, [8, 25, 51, 76, 101]),
         (False, 8, 25, [8, 25, 51, 76, 101]),  # the same on the reference path
-        (True, 12, 50, [12, 51, 101]),  # provisional, then larger chunks
+        (True, 12, 50, [12, 51, 101]),  # provisional, then larger chunks (two U-Net chunks per pass)
+        (False, 12, 50, [12, 51, 101]),
         (True, 50, 25, [51, 76, 101]),  # a first chunk of two U-Net chunks
+        (True, 25, 75, [25, 76]),  # passes of two U-Net chunks, the last one (and the rest) at finish
     ],
 )
 def test_chunk_schedule(tiny_model, tiny_phrase, incremental, first, later, returns_at):
     """Chunks come exactly at the scheduled frame counts, nothing is inserted (the stream's length is the one-shot
     decode's), and only a provisional first chunk changes the mel (its frames already vocoded); every later mel frame
-    is the default stream's, bit for bit. Samples: a chunk ends ``lookahead_frames`` (20: the vocoder's receptive
+    is the default stream's, bit for bit (also where one U-Net pass covers the chunks since the last returned one:
+    the products' rows differ, not their sums, on this model). Samples: a chunk ends ``lookahead_frames`` (20: the vocoder's receptive
     field, 15, tests/test_vocoder_receptive_field.py, + 5 F0-predictor convs) mel frames before the mel decoded so far
     (the vocoder's right context)."""
     codes, noise, draws, one_shot, defaults = tiny_phrase

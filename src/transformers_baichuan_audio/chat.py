@@ -587,10 +587,12 @@ def speech_chat_from_args(args: argparse.Namespace) -> SpeechChat:
             kwargs,
             seed=args.seed,
             first_chunk_frames=getattr(args, "first_chunk_frames", None),
+            chunk_frames=getattr(args, "chunk_frames", None),
             state_pool=pool,
         )
-    except ValueError as err:
-        raise SystemExit(f"--first-chunk-frames: {err}") from err
+    except ValueError as err:  # a schedule the model cannot follow
+        option = "--chunk-frames" if str(err).startswith("chunk_frames") else "--first-chunk-frames"
+        raise SystemExit(f"{option}: {err}") from err
 
 
 #: Errors of bad input that the front ends report as a message (the CLI: ``error: ...``, exit status 2).

@@ -63,6 +63,7 @@ def make_demo(
     stream_audio: bool | None = None,
     first_chunk_frames: int | None = None,
     state_pool=None,
+    chunk_frames: int | None = None,
 ):
     """Build the Gradio app (``gr.Blocks``); nothing is launched. Tabs: speech chat, ASR, TTS.
 
@@ -72,8 +73,9 @@ def make_demo(
     ``notice`` is shown at the top (e.g. that a random model produces noise). ``stream_audio``: stream the answer's
     audio chunk by chunk (needs ``ffmpeg``, which Gradio uses to re-encode streamed audio; default: when it is
     installed), else the whole answer's audio is sent once the turn ends; each chunk is yielded as soon as the
-    code2wav streaming decoder returns it, while the answer is still being generated. ``first_chunk_frames``: the
-    speech chunk schedule and ``state_pool``: the streaming state kept across turns (:class:`~.chat.SpeechChat`).
+    code2wav streaming decoder returns it, while the answer is still being generated. ``first_chunk_frames`` /
+    ``chunk_frames``: the speech chunk schedule and ``state_pool``: the streaming state kept across turns
+    (:class:`~.chat.SpeechChat`).
     """
     import gradio as gr
 
@@ -84,6 +86,7 @@ def make_demo(
         seed=seed,
         limits=limits,
         first_chunk_frames=first_chunk_frames,
+        chunk_frames=chunk_frames,
         state_pool=state_pool,
     )
     if stream_audio is None:
@@ -286,6 +289,7 @@ def serve(args: argparse.Namespace) -> int:
         notice=notice,
         first_chunk_frames=chat.schedule.get("first_chunk_frames"),
         state_pool=chat.state_pool,
+        chunk_frames=chat.schedule.get("chunk_frames"),
     )
     launch(demo, host=args.host, port=args.port)
     return 0

@@ -140,6 +140,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "6..24: a provisional, approximate first chunk, sooner)",
     )
     parser.add_argument(
+        "--chunk-frames",
+        type=positive_int,
+        help="streamed speech: code frames per later audio chunk, a multiple of 25 (default 25; larger: fewer, "
+        "longer chunks, each decoded in one pass: less decoding time per second of speech on a CPU)",
+    )
+    parser.add_argument(
         "--decoding-left-chunks",
         type=left_chunks_count,
         help="speech: earlier 2 s chunks each U-Net attention chunk of code2wav sees (default: the model's config, "

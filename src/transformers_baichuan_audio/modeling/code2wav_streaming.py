@@ -57,8 +57,10 @@ windows overlap by exactly its receptive field, ``lookahead_frames`` = 15 + 5 me
   each later one when the frame after its 25th arrives (see above). The first chunk holds 100 - 20 = 80 mel frames
   (1.6 s), each later one 100 (2 s), the rest comes at :meth:`finish`;
 * ``chunk_frames`` (a multiple of 25): later chunks when the phrase reaches one frame past a multiple of it (fewer,
-  larger vocoder windows; the mel is still computed per U-Net chunk as soon as it is complete, so the samples are the default's up
-  to roundoff);
+  larger vocoder windows, and the U-Net chunks completed since the last returned chunk decoded in one pass: larger
+  products, which a CPU runs faster than chunk-sized ones; each chunk's decoder / prenet state, GroupNorm statistics
+  and attention are still its own, so the samples are the default's up to roundoff; the reference path still
+  decodes per chunk);
 * ``first_chunk_frames`` < 25 (at least ``min_first_chunk_frames`` = 6, the first with a sample past the lookahead):
   a provisional first chunk, decoded as if the U-Net chunk ended there (its ``4 n - 20`` mel frames are vocoded and
   kept; the causal state is not), then the regular schedule. Only the provisional frames differ from the default
@@ -123,7 +125,8 @@ class BaichuanAudioStreamingDecoder:
             (at least :attr:`min_first_chunk_frames`, 6): a provisional first chunk, decoded as if the U-Net chunk
             ended there. Larger: a multiple of :attr:`frames_per_chunk`.
         chunk_frames: code frames per later chunk: a multiple of :attr:`frames_per_chunk` (default: one), the later
-            chunks are returned when the phrase reaches one frame past a multiple of it.
+            chunks are returned when the phrase reaches one frame past a multiple of it, each decoded in one U-Net
+            pass (more work per pass, less time per frame; the module docstring).
         reserve_frames: code frames of the phrase the attention state is given room for at once (longer phrases
             still work: the room doubles). None (default): :data:`DEFAULT_RESERVE_FRAMES` (the default per-phrase cap
             of generation) on a CPU, where room costs address space only, and 0 (grow as needed) elsewhere.
@@ -186,7 +189,7 @@ class BaichuanAudioStreamingDecoder:
         if state_pool is not None and not isinstance(state_pool, StreamingStatePool):
             raise TypeError(f"state_pool must be a StreamingStatePool or None, got {type(state_pool).__name__}")
         self.cache = StreamingCache(reserve=reserve_frames * self.stride, pool=state_pool)
-        self.cache_before_last_chunk = self.cache
+        self.cache_before_last_pass, self.chunks_before_last_pass = self.cache, 0
         per_chunk = self.frames_per_chunk
         self.first_chunk_frames = per_chunk if first_chunk_frames is None else first_chunk_frames
         self.chunk_frames = per_chunk if chunk_frames is None else chunk_frames
@@ -256,10 +259,45 @@ class BaichuanAudioStreamingDecoder:
         return mel
 
     def _chunk_mel(self, start: int, stop: int, continues: bool, cache: StreamingCache) -> torch.Tensor:
-        """Mel (1, n_mels, T) of frames [start, stop) of the phrase (``start`` on a chunk boundary) from the causal
-        state of the frames before ``start`` in ``cache`` (which receives this chunk's state in ``cache.new``)."""
+        """Mel (1, n_mels, T) of frames [start, stop) of the phrase (``start`` on a chunk boundary; one or more
+        chunks) from the causal state of the frames before ``start`` in ``cache`` (which receives their state in
+        ``cache.new``). The decoder and prenet run chunk by chunk (each chunk's running GroupNorm statistics, as
+        chunk-at-a-time passes have them), the U-Net's Euler steps once over all of them (larger products)."""
+        model, fm = self.model, self.model.config.flow_matching_config
+        bounds = [*range(start, stop, self.frames_per_chunk), stop]
+        mu = torch.cat(
+            [
+                self._chunk_prior(lo, hi, continues or hi < stop, cache)
+                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+            ],
+            dim=-1,
+        )
+        a = start * self.stride
+        ones = torch.ones(1, 1, mu.shape[-1], device=mu.device, dtype=mu.dtype)
+        steps = iter(range(1 << 30))
+
+        def estimator(x, mask, mu, t):  # one call per Euler step: its own conv / attention state
+            cache.scope = next(steps)
+            return model.estimator(x, mask, mu, t, cache=cache)
+
+        with model.estimator.compute_context(mu.device):
+            mel = euler_cfm_sample(
+                estimator,
+                self._noise(a + mu.shape[-1])[..., a:].to(mu.device, mu.dtype),
+                mu,
+                ones,
+                self.num_steps or fm.diffusion_steps,
+                fm.inference_cfg_rate,
+                fm.t_scheduler,
+            )
+        cache.scope = None
+        return mel
+
+    def _chunk_prior(self, start: int, stop: int, continues: bool, cache: StreamingCache) -> torch.Tensor:
+        """The U-Net condition ``mu`` (1, n_mels, T) of frames [start, stop) (at most one chunk): transposed conv,
+        GroupNorm, reconstruction decoder and prenet, from and into the causal state in ``cache``."""
         model, decoder, prenet = self.model, self.model.decoder, self.model.prenet
-        dconv, fm = decoder.dconv1, model.config.flow_matching_config
+        dconv = decoder.dconv1
         k, s = dconv.conv.kernel_size[0], dconv.conv.stride[0]
         cache.scope = None
         # transposed conv: frame i reaches positions [s i, s i + k): the (k - 1) // s frames before ``start``
@@ -273,7 +311,7 @@ class BaichuanAudioStreamingDecoder:
             mean, var = self.norm_stats
         else:  # running statistics: sums over every position so far (those of earlier chunks are final)
             v = raw.double()
-            sums = cache.past.get("groupnorm_sums", torch.zeros(3, dtype=torch.float64, device=v.device))
+            sums = cache.latest("groupnorm_sums", torch.zeros(3, dtype=torch.float64, device=v.device))
             sums = sums + torch.stack([v.sum(), v.square().sum(), torch.tensor(float(v.numel()), device=v.device)])
             cache.new["groupnorm_sums"] = sums
             mean = sums[0] / sums[2]
@@ -287,26 +325,7 @@ class BaichuanAudioStreamingDecoder:
         hidden = prenet.in_mlp(decoder.layer_norm(hidden))
         for layer in prenet.layers:
             hidden = layer(hidden, mask, cache=cache)
-        mu = prenet.out_proj(prenet.final_norm(hidden)).transpose(1, 2).float()
-        ones = torch.ones(1, 1, mu.shape[-1], device=mu.device, dtype=mu.dtype)
-        steps = iter(range(1 << 30))
-
-        def estimator(x, mask, mu, t):  # one call per Euler step: its own conv / attention state
-            cache.scope = next(steps)
-            return model.estimator(x, mask, mu, t, cache=cache)
-
-        with model.estimator.compute_context(mu.device):
-            mel = euler_cfm_sample(
-                estimator,
-                self._noise(out_end)[..., a:out_end].to(mu.device, mu.dtype),
-                mu,
-                ones,
-                self.num_steps or fm.diffusion_steps,
-                fm.inference_cfg_rate,
-                fm.t_scheduler,
-            )
-        cache.scope = None
-        return mel
+        return prenet.out_proj(prenet.final_norm(hidden)).transpose(1, 2).float()
 
     def _mel_from(self, start: int, stop: int, continues: bool, cache: StreamingCache) -> tuple[int, torch.Tensor]:
         """(first mel position p, mel of positions [p, end) of frames [.., stop)): incremental from ``start``, or
@@ -384,6 +403,27 @@ class BaichuanAudioStreamingDecoder:
         _, mel = self._mel_from(0, len(self.frames), True, self.cache.branch())
         self.mel = mel[..., : len(self.frames) * self.stride]
 
+    def _decode_complete_chunks(self, known: int) -> None:
+        """Decode the U-Net chunks that the first ``known`` frames complete and that are not decoded yet (one with
+        the default schedule, several with a larger ``chunk_frames``): incremental, in one pass (larger products,
+        the same numbers up to roundoff); the reference path re-decodes the prefix per chunk (each with the running
+        statistics of its prefix)."""
+        complete = known * self.stride // self.chunk
+        while complete > self.mel_chunks_done:
+            upto = complete if self.incremental else self.mel_chunks_done + 1
+            start = self.mel_chunks_done * self.chunk // self.stride
+            cache = self.cache.branch()
+            p, mel = self._mel_from(start, math.ceil(upto * self.chunk / self.stride), True, cache)
+            self.cache_before_last_pass, self.chunks_before_last_pass = self.cache, self.mel_chunks_done
+            self.cache = cache.committed()
+            lo, hi = self.mel_chunks_done * self.chunk, upto * self.chunk
+            # mel frames already turned into sound (a provisional first chunk) keep the values they were vocoded from
+            keep = max(lo, min(self.emitted_frames, self.mel.shape[-1]))
+            self.mel = torch.cat([self.mel[..., :keep], mel[..., keep - p : hi - p]], dim=-1)
+            self._rewind_source(min(keep, self.source.shape[-1] // self.hop))
+            self.mel_chunks_done = upto
+            self._advance_source(self.mel.shape[-1] - self.f0_radius)
+
     @torch.no_grad()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         """Add code frames (n, num_codebooks) (n may be 0 or 1); returns the new waveform samples (maybe empty):
@@ -394,21 +434,9 @@ class BaichuanAudioStreamingDecoder:
             codes = codes[None]
         if codes.shape[0]:
             self.frames.extend(self.model.check_codes(codes)[0].split(1))
-        while self._known_frames() * self.stride >= (self.mel_chunks_done + 1) * self.chunk:
-            num = math.ceil((self.mel_chunks_done + 1) * self.chunk / self.stride)
-            start = self.mel_chunks_done * self.chunk // self.stride
-            cache = self.cache.branch()
-            p, mel = self._mel_from(start, num, True, cache)
-            self.cache_before_last_chunk, self.cache = self.cache, cache.committed()
-            lo, hi = self.mel_chunks_done * self.chunk, (self.mel_chunks_done + 1) * self.chunk
-            # mel frames already turned into sound (a provisional first chunk) keep the values they were vocoded from
-            keep = max(lo, min(self.emitted_frames, self.mel.shape[-1]))
-            self.mel = torch.cat([self.mel[..., :keep], mel[..., keep - p : hi - p]], dim=-1)
-            self._rewind_source(min(keep, self.source.shape[-1] // self.hop))
-            self.mel_chunks_done += 1
-            self._advance_source(self.mel.shape[-1] - self.f0_radius)
         if not self._due():
             return torch.zeros(0, device=self.model.device)
+        self._decode_complete_chunks(self._known_frames())
         if self.mel_chunks_done == 0:
             self._provisional_mel()
             self._advance_source(self.mel.shape[-1] - self.f0_radius)
@@ -434,18 +462,20 @@ class BaichuanAudioStreamingDecoder:
         given back to the ``state_pool``. Afterwards :meth:`finish` returns nothing and :meth:`push` raises."""
         self.finished = True
         self.cache.release()
-        self.cache = self.cache_before_last_chunk = StreamingCache()
+        self.cache = self.cache_before_last_pass = StreamingCache()
 
     def _finish(self) -> torch.Tensor:
         if not self.frames:
             raise ValueError("no code frames were pushed: nothing to decode")
+        # Those the schedule had not returned yet, except one ending with the phrase: the rest is at most one chunk.
+        self._decode_complete_chunks(len(self.frames) - 1)
         total = int(self.model.decoder.dconv1.output_lengths(torch.tensor(len(self.frames))))
         if total != self.mel.shape[-1]:
             # The rest of the phrase; when it ended exactly where the last chunk had assumed a continuation (its
             # length a multiple of the chunk), that chunk again, from the state before it, as the phrase's end.
             redo = total < self.mel_chunks_done * self.chunk
-            chunks = self.mel_chunks_done - 1 if redo else self.mel_chunks_done
-            cache = (self.cache_before_last_chunk if redo else self.cache).branch()
+            chunks = self.chunks_before_last_pass if redo else self.mel_chunks_done
+            cache = (self.cache_before_last_pass if redo else self.cache).branch()
             p, mel = self._mel_from(chunks * self.chunk // self.stride, len(self.frames), False, cache)
             # Frames not yet turned into sound take the exact values. Only in the boundary case (and after a
             # provisional first chunk) were some frames already vocoded from an assumption; they stay.

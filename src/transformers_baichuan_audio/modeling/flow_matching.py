@@ -182,7 +182,10 @@ class BaichuanAudioUNetAttention(nn.Module):
         """``chunk_size`` (no ``attention_mask``, every frame valid): the static chunk mask computed chunk by chunk,
         the queries of chunk ``c`` against the keys of chunks ``0..c`` only (the same sets the mask allows, without
         the work on masked pairs). ``flow_matching_config.num_decoding_left_chunks`` >= 0 bounds the earlier chunks
-        seen here and in the streamed keys / values (``attention_mask`` carries it itself)."""
+        seen here and in the streamed keys / values (``attention_mask`` carries it itself).
+
+        ``cache``: the frames are the next aligned chunk(s) of a stream (a pass over several chunks attends chunk by
+        chunk: each against the cached keys / values and its own, as the stream's chunk-at-a-time passes do)."""
         bsz, seq_len, _ = hidden_states.shape
         shape = (bsz, seq_len, self.num_heads, self.head_dim)
         query, key, value = (
@@ -190,8 +193,6 @@ class BaichuanAudioUNetAttention(nn.Module):
         )
         fm = self.config.flow_matching_config
         left = fm.num_decoding_left_chunks
-        if cache is not None:
-            key, value = cache.keys_values(self, key, value, left, fm.static_chunk_size)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -202,7 +203,15 @@ class BaichuanAudioUNetAttention(nn.Module):
             )
             return out
 
-        if attention_mask is None and chunk_size and seq_len > chunk_size:
+        if cache is not None:
+            step = fm.static_chunk_size if seq_len > fm.static_chunk_size > 0 else seq_len
+            pieces = []
+            for start in range(0, seq_len, step):
+                end = min(seq_len, start + step)
+                k, v = cache.keys_values(self, key[:, :, start:end], value[:, :, start:end], left, fm.static_chunk_size)
+                pieces.append(attend(query[:, :, start:end], k, v, None))
+            out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        elif attention_mask is None and chunk_size and seq_len > chunk_size:
             pieces = []
             for start in range(0, seq_len, chunk_size):
                 end = min(seq_len, start + chunk_size)

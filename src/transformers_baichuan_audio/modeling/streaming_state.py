@@ -111,6 +111,11 @@ class StreamingCache:
         self.allocated.clear()
         self.past, self.new = {}, {}
 
+    def latest(self, key, default=None):
+        """The newest state under ``key``: written by this chunk (``new``: e.g. by an earlier piece of a pass over
+        several chunks) or else by the earlier ones (``past``)."""
+        return self.new[key] if key in self.new else self.past.get(key, default)
+
     def _empty(self, shape, like: torch.Tensor) -> torch.Tensor:
         """A new state buffer like ``like``: from the pool (and recorded for :meth:`release`) if there is one."""
         if self.pool is None:
@@ -122,7 +127,7 @@ class StreamingCache:
     def left_context(self, module: nn.Module, x: torch.Tensor, width: int) -> torch.Tensor:
         """x (B, C, T) -> (B, C, width + T): the ``width`` frames before the chunk (zeros at the stream start)."""
         key = (self.scope, id(module))
-        left = self.past.get(key)
+        left = self.latest(key)
         if left is None:
             left = x.new_zeros(x.shape[0], x.shape[1], width)
         full = torch.cat([left, x], dim=-1)
@@ -145,7 +150,7 @@ class StreamingCache:
         if left_chunks >= 0:
             return self.windowed(module, key, value, left_chunks, chunk)
         name = (self.scope, id(module))
-        buffers, n = self.past.get(name, (None, 0))
+        buffers, n = self.latest(name, (None, 0))
         total = n + key.shape[-2]
         if buffers is None or buffers[0].shape[-2] < total:
             size = (*key.shape[:-2], max(2 * total, 128, self.reserve), key.shape[-1])
@@ -171,7 +176,7 @@ class StreamingCache:
         cache stays valid: a chunk overwrites only the slot that cache no longer sees.
         """
         name = (self.scope, id(module), "ring")
-        ring, written = self.past.get(name, (None, 0))
+        ring, written = self.latest(name, (None, 0))
         new, room = key.shape[-2], (left_chunks + 1) * chunk
         if new > chunk or written % chunk:
             raise ValueError(f"a bounded-context chunk must be at most {chunk} frames on a chunk boundary")
