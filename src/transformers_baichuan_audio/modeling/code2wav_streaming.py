@@ -18,7 +18,8 @@ What is exact and what is not:
 * when a chunk is decoded: the first U-Net chunk as soon as its 25th frame arrives (the first sound first), every
   later one when the frame after it arrives (80 ms of speech later), i.e. knowing whether the phrase goes on (if it
   does, the chunk's last mel frame exists: the transposed conv's bias-only frame, inside the chunk's attention; if
-  not, ``finish`` decodes the chunk as the phrase's end), so no later chunk is decoded twice. Only a phrase of
+  not, ``finish`` decodes the chunk as the phrase's end), so no later chunk is decoded twice. (With a larger
+  ``chunk_frames``, when the schedule returns a chunk: the chunks completed by then, in one pass.) Only a phrase of
   exactly 25 frames has its chunk computed assuming the phrase goes on; at ``finish`` that chunk is decoded again as
   the end: the frames not yet vocoded take the exact values, those already vocoded keep the assumption (~1e-2 mel
   difference).
