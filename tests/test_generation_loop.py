@@ -207,12 +207,16 @@ def test_sampling_is_reproducible_with_a_generator(model, prompts):
 
 def test_waveforms_and_streamed_chunks_before_the_phrase_end(reference_fixture, prompts):
     """With code2wav, waveform chunks are streamed while the phrase is generated (one chunk per
-    ``frames_per_chunk`` frames), and ``return_waveforms`` joins the per-segment decodes."""
+    ``frames_per_chunk`` frames; decoded in the generation loop, ``"inline"``: a consumer that comes after generation,
+    as here, would catch up in one push, tests/test_streamer.py), and ``return_waveforms`` joins the per-segment
+    decodes."""
     speech_model = load_fixture_model(str(reference_fixture.path), with_code2wav=True)
     code2wav = speech_model.code2wav
     per_chunk = code2wav.streaming_decoder().frames_per_chunk
     ids, _, _ = prompts[1]
-    streamer = BaichuanAudioStreamer(code2wav=code2wav, decoder_kwargs={"generator": torch.Generator().manual_seed(0)})
+    streamer = BaichuanAudioStreamer(
+        code2wav=code2wav, decoder_kwargs={"generator": torch.Generator().manual_seed(0)}, decode_priority="inline"
+    )
     frames = per_chunk + 5  # end-of-audio suppressed until then, so the segment spans more than one decoder chunk
     out = speech_model.generate(
         ids[None],

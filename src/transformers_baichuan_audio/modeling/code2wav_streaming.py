@@ -427,8 +427,9 @@ class BaichuanAudioStreamingDecoder:
 
     @torch.no_grad()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
-        """Add code frames (n, num_codebooks) (n may be 0 or 1); returns the new waveform samples (maybe empty):
-        a chunk when the schedule (``first_chunk_frames``, ``chunk_frames``) says so."""
+        """Add code frames (n, num_codebooks) (n >= 0; several at once, e.g. a consumer catching up: the chunks
+        they complete are decoded in one pass); returns the new waveform samples (maybe empty): a chunk when the
+        schedule (``first_chunk_frames``, ``chunk_frames``) says so."""
         if self.finished:
             raise RuntimeError("this streaming decoder is finished; create a new one for the next phrase")
         if codes.dim() == 1:

@@ -20,7 +20,10 @@ the generation thread with ``decode_priority="inline"``.
 
 ``decode_priority`` says whether generation goes on while a waveform chunk is decoded:
 
-* ``"overlap"`` (default): the generation loop is never blocked by code2wav; both run concurrently.
+* ``"overlap"`` (default): the generation loop is never blocked by code2wav; both run concurrently. A consumer
+  that falls behind (code2wav slower than generation, e.g. on a CPU) catches up: the frames of a row's phrase
+  already queued go into its decoder in one push, one pass over the chunks they complete (larger products; the
+  samples come with the first of those events, the later ones carry their codes and an empty waveform).
 * ``"first_chunk"``: the generation loop waits (at its next audio frame, so after at most one more frame) while
   the decoder works on each phrase's frames until its first waveform chunk is out, then both run concurrently. On
   a CPU with few cores the two otherwise share (and oversubscribe) the cores exactly when the listener waits for
@@ -181,9 +184,7 @@ class BaichuanAudioStreamer(BaseStreamer):
         return self
 
     def __next__(self) -> BaichuanAudioStreamEvent:
-        if self._pending:
-            return self._pending.pop(0)
-        item = self.queue.get(timeout=self.timeout)
+        item = self._pending.pop(0) if self._pending else self.queue.get(timeout=self.timeout)
         if item is self._END:
             self.close_decoders()
             if self.state_pool is not None:
@@ -192,7 +193,7 @@ class BaichuanAudioStreamer(BaseStreamer):
         if self.code2wav is None or self.decodes_inline:
             return item
         # Waveforms are decoded here, on the CONSUMER side, so that code2wav does not block the generation loop.
-        if item.kind == "audio":
+        if item.kind == "audio" and item.waveform is None:  # (not pushed yet with an earlier event's frames)
             waits = self.decode_priority == "always" or (
                 self.decode_priority == "first_chunk" and item.row not in self._sounded
             )
@@ -203,7 +204,7 @@ class BaichuanAudioStreamer(BaseStreamer):
             finally:
                 self._decoder_idle.set()
         elif item.kind == "segment_end" and item.row in self._decoders:
-            self._pending.append(item)  # the rest of the phrase comes as one more audio event before segment_end
+            self._pending.insert(0, item)  # the rest of the phrase comes as one more audio event before segment_end
             return self._finish_phrase(item)
         return item
 
@@ -223,13 +224,35 @@ class BaichuanAudioStreamer(BaseStreamer):
         return self.code2wav is not None and self.decode_priority == "inline"
 
     def _decode(self, event: BaichuanAudioStreamEvent) -> None:
-        """Set ``event.waveform``: its frames pushed into the row's streaming decoder (made at its first frame)."""
+        """Set ``event.waveform``: its frames pushed into the row's streaming decoder (made at its first frame),
+        together with those of the row's phrase that are already queued behind it (a consumer that fell behind
+        catches up in one decoder pass over the chunks they complete; those events keep their codes and get an
+        empty waveform: the samples come with this one)."""
         decoder = self._decoders.get(event.row)
         if decoder is None:
             decoder = self._decoders[event.row] = self.code2wav.streaming_decoder(**self.decoder_kwargs)
-        event.waveform = decoder.push(event.codes.to(self.code2wav.device)).detach().cpu()
+        batch = [event, *self._queued_frames(event.row)]
+        codes = torch.cat([e.codes for e in batch]) if len(batch) > 1 else event.codes
+        event.waveform = decoder.push(codes.to(self.code2wav.device)).detach().cpu()
+        for later in batch[1:]:
+            later.waveform = event.waveform.new_zeros(0)
         if event.waveform.numel():
             self._sounded.add(event.row)
+
+    def _queued_frames(self, row: int) -> list[BaichuanAudioStreamEvent]:
+        """The audio events of ``row``'s current phrase already queued (moved to the pending events, in order)."""
+        while True:
+            try:
+                self._pending.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        frames = []
+        for item in self._pending:
+            if item is self._END or (item.row == row and item.kind == "segment_end"):
+                break
+            if item.row == row and item.kind == "audio" and item.waveform is None and item.codes is not None:
+                frames.append(item)
+        return frames
 
     def _finish_phrase(self, segment_end: BaichuanAudioStreamEvent) -> BaichuanAudioStreamEvent:
         """The audio event with the rest of the row's phrase (its decoder finished) that precedes ``segment_end``."""
