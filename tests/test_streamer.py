@@ -10,7 +10,11 @@ import torch
 from demo_helpers import tiny_model_and_processor
 from transformers.generation import BaseStreamer
 
+from transformers_baichuan_audio.configuration import BaichuanAudioConfig
+from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioCode2Wav
+from transformers_baichuan_audio.modeling.code2wav_streaming import BaichuanAudioStreamingDecoder
 from transformers_baichuan_audio.modeling.streamer import BaichuanAudioStreamer
+from transformers_baichuan_audio.modeling.vocoder import NSFSourceDraws
 
 
 def test_streamer_is_a_base_streamer_of_the_stock_text_generate():
@@ -116,11 +120,6 @@ def test_a_consumer_that_fell_behind_catches_up_in_one_decoder_pass(monkeypatch)
     they complete), the first event carrying the samples and the later ones none; the phrase's waveform is the one
     of decoding frame by frame in the producer (``"inline"``): the same mel, other vocoder windows (roundoff; the
     tolerance of tests/test_code2wav_streaming.py's schedule test)."""
-    from transformers_baichuan_audio.configuration import BaichuanAudioConfig
-    from transformers_baichuan_audio.modeling.code2wav import BaichuanAudioCode2Wav
-    from transformers_baichuan_audio.modeling.code2wav_streaming import BaichuanAudioStreamingDecoder
-    from transformers_baichuan_audio.modeling.vocoder import NSFSourceDraws
-
     torch.manual_seed(0)
     code2wav = BaichuanAudioCode2Wav(BaichuanAudioConfig.tiny().code2wav_config).eval()
     g = torch.Generator().manual_seed(0)

@@ -203,21 +203,18 @@ class BaichuanAudioUNetAttention(nn.Module):
             )
             return out
 
-        if cache is not None:
-            step = fm.static_chunk_size if seq_len > fm.static_chunk_size > 0 else seq_len
+        if cache is not None or (attention_mask is None and chunk_size and seq_len > chunk_size):
+            step = fm.static_chunk_size if cache is not None else chunk_size
             pieces = []
             for start in range(0, seq_len, step):
                 end = min(seq_len, start + step)
-                k, v = cache.keys_values(self, key[:, :, start:end], value[:, :, start:end], left, fm.static_chunk_size)
+                if cache is not None:  # the kept keys / values of the earlier chunks, then this one's
+                    k, v = cache.keys_values(self, key[:, :, start:end], value[:, :, start:end], left, step)
+                else:
+                    first = max(0, start - left * step) if left >= 0 else 0
+                    k, v = key[:, :, first:end], value[:, :, first:end]
                 pieces.append(attend(query[:, :, start:end], k, v, None))
             out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
-        elif attention_mask is None and chunk_size and seq_len > chunk_size:
-            pieces = []
-            for start in range(0, seq_len, chunk_size):
-                end = min(seq_len, start + chunk_size)
-                first = max(0, start - left * chunk_size) if left >= 0 else 0
-                pieces.append(attend(query[:, :, start:end], key[:, :, first:end], value[:, :, first:end], None))
-            out = torch.cat(pieces, dim=1)
         else:
             out = attend(query, key, value, attention_mask)
         return self.to_out(out.reshape(bsz, seq_len, self.num_heads * self.head_dim))
