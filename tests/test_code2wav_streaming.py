@@ -363,10 +363,12 @@ def tiny_phrase(tiny_model):
         # the smallest provisional first chunk, then every U-Net chunk (the later ones one frame after their last)
         (True, 8, 25, [8, 25, 51, 76, 101]),
         (False, 8, 25, [8, 25, 51, 76, 101]),  # the same on the reference path
-        (True, 12, 50, [12, 51, 101]),  # provisional, then larger chunks (two U-Net chunks per pass)
-        (False, 12, 50, [12, 51, 101]),
+        # provisional, then the exact first chunk when it completes, then two U-Net chunks per pass
+        (True, 12, 50, [12, 25, 76]),
+        (False, 12, 50, [12, 25, 76]),
         (True, 50, 25, [51, 76, 101]),  # a first chunk of two U-Net chunks
-        (True, 25, 75, [25, 76]),  # passes of two U-Net chunks, the last one (and the rest) at finish
+        (True, 25, 50, [25, 76]),  # passes of two U-Net chunks counted from the first chunk, the rest at finish
+        (True, 25, 75, [25, 101]),  # a pass of three U-Net chunks
     ],
 )
 def test_chunk_schedule(tiny_model, tiny_phrase, incremental, first, later, returns_at):
@@ -386,9 +388,16 @@ def test_chunk_schedule(tiny_model, tiny_phrase, incremental, first, later, retu
         first_chunk_frames=first,
         chunk_frames=later,
     )
-    chunks = [stream.push(codes[i : i + 1]) for i in range(codes.shape[0])]
+    chunks, decoded = [], []  # U-Net chunks decoded after each returned chunk
+    for i in range(codes.shape[0]):
+        chunks.append(stream.push(codes[i : i + 1]))
+        if chunks[-1].numel():
+            decoded.append(stream.mel_chunks_done)
     chunks.append(stream.finish())
     assert [i + 1 for i, c in enumerate(chunks[:-1]) if c.numel()] == returns_at
+    # after the first exact chunk, each returned chunk adds chunk_frames / 25 U-Net chunks
+    exact = [n for n in decoded if n]
+    assert [b - a for a, b in zip(exact, exact[1:])] == [later // 25] * (len(exact) - 1)
     assert sum(c.numel() for c in chunks) == one_shot.audio_values[0].numel() == (4 * 124 - 1) * 480
     hop, lookahead = stream.hop, stream.lookahead_frames
     assert lookahead == tiny_model.vocoder.receptive_field_frames() + 5 == 20

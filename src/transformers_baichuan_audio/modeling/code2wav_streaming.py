@@ -57,7 +57,9 @@ windows overlap by exactly its receptive field, ``lookahead_frames`` = 15 + 5 me
 * default: a chunk per U-Net chunk, the first when its 25th code frame arrives (the earliest its mel is exact),
   each later one when the frame after its 25th arrives (see above). The first chunk holds 100 - 20 = 80 mel frames
   (1.6 s), each later one 100 (2 s), the rest comes at :meth:`finish`;
-* ``chunk_frames`` (a multiple of 25): later chunks when the phrase reaches one frame past a multiple of it (fewer,
+* ``chunk_frames`` (a multiple of 25): a later chunk every ``chunk_frames`` frames counted from the first exact chunk
+  (25 frames, or ``first_chunk_frames`` when larger; after a provisional first chunk that exact chunk comes first,
+  when it completes), each one frame past its last frame, so every later pass holds ``chunk_frames`` frames (fewer,
   larger vocoder windows, and the U-Net chunks completed since the last returned chunk decoded in one pass: larger
   products, which a CPU runs faster than chunk-sized ones; each chunk's decoder / prenet state, GroupNorm statistics
   and attention are still its own, so the samples are the default's up to roundoff; the reference path still
@@ -125,9 +127,9 @@ class BaichuanAudioStreamingDecoder:
             the module docstring). None (default): :attr:`frames_per_chunk` (25), the first exact chunk. Smaller
             (at least :attr:`min_first_chunk_frames`, 6): a provisional first chunk, decoded as if the U-Net chunk
             ended there. Larger: a multiple of :attr:`frames_per_chunk`.
-        chunk_frames: code frames per later chunk: a multiple of :attr:`frames_per_chunk` (default: one), the later
-            chunks are returned when the phrase reaches one frame past a multiple of it, each decoded in one U-Net
-            pass (more work per pass, less time per frame; the module docstring).
+        chunk_frames: code frames per later chunk: a multiple of :attr:`frames_per_chunk` (default: one), counted
+            from the first exact chunk; each later chunk is returned one frame past its last frame and decoded in one
+            U-Net pass (more work per pass, less time per frame; the module docstring).
         reserve_frames: code frames of the phrase the attention state is given room for at once (longer phrases
             still work: the room doubles). None (default): :data:`DEFAULT_RESERVE_FRAMES` (the default per-phrase cap
             of generation) on a CPU, where room costs address space only, and 0 (grow as needed) elsewhere.
@@ -396,7 +398,10 @@ class BaichuanAudioStreamingDecoder:
         known = self._known_frames()
         if self.chunks_returned == 0:
             return known >= self.first_chunk_frames
-        return known // self.chunk_frames > self._returned_at // self.chunk_frames
+        # later chunks every chunk_frames frames counted from the first exact chunk (after a provisional one: the
+        # first exact chunk itself when it completes), so that each later pass holds chunk_frames frames
+        anchor = max(self.first_chunk_frames, self.frames_per_chunk)
+        return (known - anchor) // self.chunk_frames > (self._returned_at - anchor) // self.chunk_frames
 
     def _provisional_mel(self) -> None:
         """Mel of the frames so far, before the first U-Net chunk is complete, decoded as if that chunk ended
