@@ -41,7 +41,11 @@ Measured (``--dtype`` fp32 / bf16 for the LLM and the audio head; code2wav runs 
   thread decodes; the others decode in the consuming thread, with generation going on while the first chunk decodes
   (``overlap``) or waiting (``first_chunk``)). JSON keys
   ``turn_<eager|compiled>_<default|provisional>_<priority>_<figure>``, the best of ``--turn-repeats`` turns (all in
-  ``*_all``);
+  ``*_all``). ``--turn-to-end`` lets each turn run to its end (the phrase's last samples) instead of stopping it at
+  the first audio: ``last_audio_s`` (from the clip in hand to the last samples handed to the listener),
+  ``audio_seconds`` and ``audio_events`` (events with samples; a consumer that catches up hands a phrase's queued
+  frames to its decoder at once, so fewer events carry more samples) and ``decode_passes`` (pushes that returned
+  samples, ``finish`` not counted);
 * ``--layout-compare`` (nothing else): eager audio frames/s and text tokens/s with plain ``F.linear`` (as
   ``nn.Linear`` computes, the eager path before issue 24; keys ``row_major``) and in the row-block decode layout that ``generate``
   applies on CPUs (``transformers_baichuan_audio.modeling.decode_layout``), alternating, best of
@@ -456,6 +460,7 @@ def bench_turn(
     phrase_frames: int = 0,
     decode_priority: str = "inline",
     state_pool=None,
+    to_end: bool = False,
 ) -> dict:
     """One speech-chat turn through ``SpeechChat.stream_turn``, from the user's clip in hand to the first waveform
     samples the engine yields (the turn is then stopped). Stages, in seconds (they add up to ``first_audio_s``):
@@ -478,7 +483,8 @@ def bench_turn(
     ``phrase_frames``: the spoken phrase's length (0: 100 frames past the first chunk, so generation goes on while
     the first chunk is decoded, as in an answer that goes on; a phrase that ends right after the first chunk's
     frames leaves the cores to the decoder sooner). ``state_pool``: the chat's streaming state kept across turns
-    (``--keep-stream-state``; None: a pool per turn).
+    (``--keep-stream-state``; None: a pool per turn). ``to_end``: the turn goes on to its end (``last_audio_s``,
+    ``audio_seconds``, ``audio_events``, ``decode_passes``; see the module docstring).
     """
     from transformers_baichuan_audio.chat import SpeechChat
 
@@ -508,7 +514,8 @@ def bench_turn(
         tokenizer.register_forward_pre_hook(lambda *_: encoding.append(time.perf_counter())),
         tokenizer.register_forward_hook(lambda *_: encoding.append(time.perf_counter())),
     ]
-    first = samples = None
+    first = samples = last = None
+    total_samples = audio_events = 0
     try:
         with timed_decoder_pushes(model.code2wav) as pushes:
             t0 = time.perf_counter()
@@ -518,9 +525,14 @@ def bench_turn(
                 for event in turn:
                     if event.kind == "text":
                         text.append(event.text)
-                    elif event.kind == "audio":
-                        first, samples = time.perf_counter(), int(event.audio.numel())
-                        break
+                    elif event.kind == "audio" and event.audio.numel():
+                        last = time.perf_counter()
+                        if first is None:
+                            first, samples = last, int(event.audio.numel())
+                        total_samples += int(event.audio.numel())
+                        audio_events += 1
+                        if not to_end:
+                            break
             finally:
                 turn.close()  # stops the generation thread at its next token / frame and joins it
     finally:
@@ -536,6 +548,13 @@ def bench_turn(
         "prompt_audio_frames": int((prompt == model.config.audio_pad_token_id).sum()),
         "text": "".join(text),
     }
+    if to_end:
+        result.update(
+            last_audio_s=None if last is None else last - t0,
+            audio_seconds=total_samples / model.code2wav.config.vocoder_config.sampling_rate,
+            audio_events=audio_events,
+            decode_passes=sum(1 for p in pushes if p[2] > 0),
+        )
     chunk_pushes = [p for p in pushes if p[2] > 0]
     if first is None or len(clock.checks) < text_tokens + chunk_frames or not encoding or not chunk_pushes:
         return result  # no stage split (the turn ended early, or the engine's streamer changed)
@@ -580,6 +599,7 @@ def turn_settings(args) -> dict:
         "turn_phrase_frames": args.turn_phrase_frames,
         "turn_decode_priorities": args.turn_decode_priorities,
         "turn_keep_stream_state": args.keep_stream_state,
+        "turn_to_end": args.turn_to_end,
     }
 
 
@@ -612,6 +632,7 @@ def bench_turns(model, processor, args, path: str) -> dict:
                     args.turn_phrase_frames,
                     priority,
                     pool,
+                    args.turn_to_end,
                 )
             )
     for (name, first_chunk_frames, priority), case_runs in runs.items():
@@ -624,6 +645,12 @@ def bench_turns(model, processor, args, path: str) -> dict:
             f"turn {path}, first chunk after {chunk} frames, decode priority {priority}: first audio "
             f"{best['first_audio_s']:.2f} s ({stages})"
         )
+        if args.turn_to_end:
+            ends = ", ".join(f"{r['last_audio_s']:.2f}" for r in case_runs if r.get("last_audio_s") is not None)
+            print(
+                f"  to the end: last audio {ends} s ({best['audio_seconds']:.2f} s of audio in "
+                f"{best['audio_events']} events, {best['decode_passes']} decode passes)"
+            )
     return out
 
 
@@ -711,6 +738,11 @@ def main() -> None:
         help="--turn: one streaming-state pool for every turn (SpeechChat(state_pool=...)), filled by the warm-up turn",
     )
     parser.add_argument("--turn-repeats", type=int, default=1, help="--turn: turns per schedule (the best is kept)")
+    parser.add_argument(
+        "--turn-to-end",
+        action="store_true",
+        help="--turn: run each turn to its end (time to the last audio, events, decode passes), not to first audio",
+    )
     parser.add_argument(
         "--turn-decode-priorities",
         type=lambda v: v.split(","),
