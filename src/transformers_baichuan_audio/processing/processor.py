@@ -65,7 +65,9 @@ import torch
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 
-from .audio_io import (  # re-exported: files in / out and the shared audio content part
+from .audio_io import (  # re-exported: files in / out, the shared audio content part, the sampling rates
+    INPUT_SAMPLING_RATE,
+    OUTPUT_SAMPLING_RATE,
     InvalidAudioError,
     audio_part_source,
     check_sampling_rate,
@@ -105,8 +107,6 @@ SPECIAL_TOKENS: dict[str, str] = {
 DEFAULT_VOICE = "邻家女声"
 VOICE_PROMPT = "请用【{voice}】这个声音回答问题。"
 ASR_PROMPT = "将语音转录为文本:"
-INPUT_SAMPLING_RATE = 16000
-OUTPUT_SAMPLING_RATE = 24000
 
 _CHAT_TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
 #: Sanitize markers: private-use code points wrapped around every added-token string found in untrusted text, so
@@ -762,6 +762,8 @@ __all__ = [
     "SPECIAL_TOKENS",
     "DEFAULT_VOICE",
     "ASR_PROMPT",
+    "INPUT_SAMPLING_RATE",
+    "OUTPUT_SAMPLING_RATE",
     "default_chat_template",
     "voice_prompt",
     "save_wav",
