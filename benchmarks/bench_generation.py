@@ -548,14 +548,14 @@ def bench_turn(
         "prompt_audio_frames": int((prompt == model.config.audio_pad_token_id).sum()),
         "text": "".join(text),
     }
+    chunk_pushes = [p for p in pushes if p[2] > 0]
     if to_end:
         result.update(
             last_audio_s=None if last is None else last - t0,
             audio_seconds=total_samples / model.code2wav.config.vocoder_config.sampling_rate,
             audio_events=audio_events,
-            decode_passes=sum(1 for p in pushes if p[2] > 0),
+            decode_passes=len(chunk_pushes),
         )
-    chunk_pushes = [p for p in pushes if p[2] > 0]
     if first is None or len(clock.checks) < text_tokens + chunk_frames or not encoding or not chunk_pushes:
         return result  # no stage split (the turn ended early, or the engine's streamer changed)
     text_times, frame_times = clock.checks[:text_tokens], clock.checks[text_tokens:]
